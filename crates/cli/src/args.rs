@@ -1,0 +1,158 @@
+//! Command-line flags. Every flag `--foo-bar` can also be set by the environment variable
+//! `TXPIPE_FOO_BAR` (a flag wins over the environment; both win over the config file).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "txpipe",
+    version,
+    about = "Payment transactions: Kafka -> Delta Lake -> logistic regression -> ClickHouse",
+    after_help = "Every flag --foo-bar can also be set as TXPIPE_FOO_BAR in the environment, or in the \
+                  TOML file given by --config. Precedence: flag > environment > file > default.\n\
+                  `txpipe config` prints the effective settings."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, Args, Default)]
+pub struct CommonArgs {
+    /// TOML config file (see config/txpipe.example.toml).
+    #[arg(long, global = true, env = "TXPIPE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers.
+    #[arg(long, global = true, env = "TXPIPE_BROKERS", value_name = "HOST:PORT[,...]")]
+    pub brokers: Option<String>,
+    /// ClickHouse HTTP interface.
+    #[arg(long, global = true, env = "TXPIPE_CLICKHOUSE_URL", value_name = "URL")]
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse database.
+    #[arg(long, global = true, env = "TXPIPE_CLICKHOUSE_DATABASE", value_name = "DB")]
+    pub clickhouse_database: Option<String>,
+    /// Log level or filter (error, warn, info, debug, trace, or a RUST_LOG-style filter);
+    /// without it RUST_LOG is used, else info.
+    #[arg(long, global = true, env = "TXPIPE_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, env = "TXPIPE_LOG_FORMAT", value_name = "text|json")]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Synthetic transactions into Kafka, or as JSON lines into a file (--output).
+    Produce(ProduceArgs),
+    /// Job 1: Kafka -> Delta table, exactly once; bad records to the quarantine table.
+    Ingest(IngestArgs),
+    /// Job 3: Delta history -> logistic regression -> versioned model (and batch scores).
+    Train(TrainArgs),
+    /// Job 2: Delta table as a stream -> model -> ClickHouse.
+    Score(ScoreArgs),
+    /// Print the effective settings (after file, environment and flags) as TOML.
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ProduceArgs {
+    /// Kafka topic.
+    #[arg(long, env = "TXPIPE_TOPIC", value_name = "T")]
+    pub topic: Option<String>,
+    /// Number of events.
+    #[arg(long, env = "TXPIPE_COUNT", value_name = "N")]
+    pub count: Option<u64>,
+    /// Events per second; 0 = as fast as possible.
+    #[arg(long, env = "TXPIPE_RATE", value_name = "EVENTS_PER_S")]
+    pub rate: Option<f64>,
+    /// Seed: the same seed gives the same events.
+    #[arg(long, env = "TXPIPE_SEED", value_name = "S")]
+    pub seed: Option<u64>,
+    /// Mean true fraud probability.
+    #[arg(long, env = "TXPIPE_FRAUD_RATE", value_name = "F")]
+    pub fraud_rate: Option<f64>,
+    /// Share of deliberately malformed events.
+    #[arg(long, env = "TXPIPE_MALFORMED_RATE", value_name = "F")]
+    pub malformed_rate: Option<f64>,
+    /// Write JSON lines to FILE (- = stdout) instead of Kafka.
+    #[arg(long, env = "TXPIPE_OUTPUT", value_name = "FILE")]
+    pub output: Option<String>,
+    /// Write the truth (true fraud probability per event) as CSV to FILE.
+    #[arg(long, env = "TXPIPE_TRUTH_OUTPUT", value_name = "FILE")]
+    pub truth_output: Option<String>,
+    /// First event time (RFC 3339, or now).
+    #[arg(long, env = "TXPIPE_START_TIME", value_name = "TIME")]
+    pub start_time: Option<String>,
+    /// Period the events cover (7d, 36h, 90m, 30s).
+    #[arg(long, env = "TXPIPE_SPAN", value_name = "DURATION")]
+    pub span: Option<String>,
+    /// Number of synthetic accounts.
+    #[arg(long, env = "TXPIPE_ACCOUNTS", value_name = "N")]
+    pub accounts: Option<usize>,
+    /// Number of synthetic merchants.
+    #[arg(long, env = "TXPIPE_MERCHANTS", value_name = "N")]
+    pub merchants: Option<usize>,
+    /// Write the label field (false: real-time-like events without it).
+    #[arg(long, env = "TXPIPE_LABELS", value_name = "BOOL")]
+    pub labels: Option<bool>,
+    /// Partitions of the topic when txpipe creates it.
+    #[arg(long, env = "TXPIPE_PARTITIONS", value_name = "N")]
+    pub partitions: Option<i32>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct IngestArgs {
+    /// Kafka topic.
+    #[arg(long, env = "TXPIPE_TOPIC", value_name = "T")]
+    pub topic: Option<String>,
+    /// Clean table: path or object-store URL.
+    #[arg(long, env = "TXPIPE_TABLE", value_name = "PATH_OR_URL")]
+    pub table: Option<String>,
+    /// Quarantine table: path or object-store URL.
+    #[arg(long, env = "TXPIPE_QUARANTINE_TABLE", value_name = "PATH")]
+    pub quarantine_table: Option<String>,
+    /// Kafka consumer group.
+    #[arg(long, env = "TXPIPE_GROUP_ID", value_name = "G")]
+    pub group_id: Option<String>,
+    /// Stop after SECS seconds without new input.
+    #[arg(long, env = "TXPIPE_EXIT_WHEN_IDLE", value_name = "SECS")]
+    pub exit_when_idle: Option<f64>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct TrainArgs {
+    /// Clean table: path or object-store URL.
+    #[arg(long, env = "TXPIPE_TABLE", value_name = "PATH_OR_URL")]
+    pub table: Option<String>,
+    /// Model directory.
+    #[arg(long, env = "TXPIPE_MODEL_DIR", value_name = "DIR")]
+    pub model_dir: Option<String>,
+    /// Also score the history into ClickHouse transactions_batch.
+    #[arg(long, env = "TXPIPE_BATCH_SCORE")]
+    pub batch_score: bool,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ScoreArgs {
+    /// Clean table: path or object-store URL.
+    #[arg(long, env = "TXPIPE_TABLE", value_name = "PATH_OR_URL")]
+    pub table: Option<String>,
+    /// Model directory.
+    #[arg(long, env = "TXPIPE_MODEL_DIR", value_name = "DIR")]
+    pub model_dir: Option<String>,
+    /// Stop after SECS seconds without new input.
+    #[arg(long, env = "TXPIPE_EXIT_WHEN_IDLE", value_name = "SECS")]
+    pub exit_when_idle: Option<f64>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ConfigArgs {
+    /// Include the produce settings as a produce run with these flags would see them.
+    #[command(flatten)]
+    pub produce: ProduceArgs,
+}

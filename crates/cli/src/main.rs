@@ -1,0 +1,139 @@
+//! The `txpipe` binary: parses flags, layers settings, validates them before any work starts,
+//! sets up logging, runs one job, prints the error chain and returns an exit code
+//! (0 success, 1 failure at run time, 2 bad flag or setting).
+
+mod args;
+mod settings;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use args::{Cli, Command};
+use settings::{Config, explain};
+use txpipe_jobs::Shutdown;
+use txpipe_jobs::ingest::{self, IngestJob};
+use txpipe_jobs::produce::{self, ProduceJob};
+
+/// A failure before any work started: a flag, a setting or the config file.
+#[derive(Debug)]
+struct Usage(anyhow::Error);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            if e.downcast_ref::<Usage>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let usage = |e: anyhow::Error| anyhow::Error::new(Usage(e));
+    let mut config = Config::load(&cli.common).map_err(usage)?;
+    config.apply_common(&cli.common);
+    match cli.command {
+        Command::Config(a) => {
+            config.apply_produce(&a.produce);
+            config.validate_common().map_err(usage)?;
+            print!("{}", toml::to_string(&config).context("printing the settings")?);
+            Ok(())
+        }
+        Command::Produce(a) => {
+            config.apply_produce(&a);
+            let schema = config.validate_common().map_err(usage)?;
+            let settings = config.produce.validate().map_err(explain).map_err(usage)?;
+            init_logging(&config)?;
+            let job = ProduceJob { settings, kafka: config.kafka.clone(), schema };
+            let report = runtime()?.block_on(async {
+                let shutdown = Shutdown::new();
+                shutdown.on_signals();
+                produce::run(job, shutdown).await
+            })?;
+            tracing::info!(
+                events = report.events,
+                malformed = report.malformed,
+                bytes = report.bytes,
+                elapsed_s = report.elapsed_s,
+                delivered = report.delivered,
+                "produce finished"
+            );
+            eprintln!(
+                "produced {} events ({} malformed) in {:.2} s: {:.0} events/s, {:.1} MB/s{}",
+                report.events,
+                report.malformed,
+                report.elapsed_s,
+                report.events_per_s,
+                report.bytes as f64 / 1e6 / report.elapsed_s.max(1e-9),
+                if report.interrupted { " (interrupted)" } else { "" }
+            );
+            Ok(())
+        }
+        Command::Ingest(a) => {
+            config.apply_ingest(&a);
+            let schema = config.validate_common().map_err(usage)?;
+            let settings = config.ingest.validate().map_err(explain).map_err(usage)?;
+            init_logging(&config)?;
+            let job =
+                IngestJob { settings, kafka: config.kafka.clone(), tables: config.tables.clone(), schema };
+            let report = runtime()?.block_on(async {
+                let shutdown = Shutdown::new();
+                shutdown.on_signals();
+                ingest::run(job, shutdown).await
+            })?;
+            eprintln!(
+                "ingested {} rows, quarantined {}, duplicates {}, in {} commits ({:.1} s); table version {}",
+                report.written,
+                report.quarantined,
+                report.duplicates,
+                report.commits,
+                report.elapsed_s,
+                report.clean_version.map_or("none".to_string(), |v| v.to_string())
+            );
+            Ok(())
+        }
+        Command::Train(_) => not_built("train"),
+        Command::Score(_) => not_built("score"),
+    }
+}
+
+fn not_built(job: &str) -> Result<()> {
+    anyhow::bail!("`txpipe {job}` is not built yet; available now: produce, ingest, config")
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn init_logging(config: &Config) -> Result<()> {
+    let filter = if !config.log.level.is_empty() {
+        EnvFilter::try_new(&config.log.level)
+            .map_err(|e| anyhow::anyhow!("invalid setting `log.level` = {:?}: {e}", config.log.level))?
+    } else {
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let installed = if config.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    installed.map_err(|e| anyhow::anyhow!("setting up logging: {e}"))
+}

@@ -1,0 +1,285 @@
+//! One Delta table that txpipe appends to, with Kafka positions kept in the same commits.
+//!
+//! In: record batches and, per Kafka partition, the last offset they cover. Out: one Delta
+//! commit holding the data files and one application-transaction (`txn`) action per partition,
+//! so that data and position land together or not at all. Reading the positions back is how
+//! ingest knows where to resume.
+
+use std::collections::{BTreeMap, HashMap};
+
+use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::datatypes::{DataType as ArrowType, SchemaRef, TimeUnit};
+use deltalake::kernel::transaction::{
+    CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
+};
+use deltalake::kernel::{Action, DataType, StructField, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableError, TableProperty, ensure_table_uri};
+
+/// What can go wrong with a table.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("delta table {location}: opening or creating failed: {source}")]
+    Open { location: String, source: Box<DeltaTableError> },
+    #[error("delta table {location}: its columns {found} do not match txpipe's {expected}")]
+    Layout { location: String, found: String, expected: String },
+    #[error("delta table {location}: writing data files failed: {source}")]
+    Write { location: String, source: Box<DeltaTableError> },
+    /// Another writer committed positions for the same partitions since our snapshot.
+    #[error("delta table {location}: another writer moved the positions of these partitions")]
+    Conflict { location: String },
+    #[error("delta table {location}: commit failed after version {version:?}: {source}")]
+    Commit { location: String, version: Option<u64>, source: Box<DeltaTableError> },
+    #[error("delta table {location}: reading the log failed: {source}")]
+    Read { location: String, source: Box<DeltaTableError> },
+}
+
+impl DeltaError {
+    /// Whether trying again can succeed (storage hiccups), as opposed to a conflict or a bad
+    /// table.
+    pub fn retryable(&self) -> bool {
+        match self {
+            DeltaError::Open { source, .. }
+            | DeltaError::Write { source, .. }
+            | DeltaError::Commit { source, .. }
+            | DeltaError::Read { source, .. } => matches!(
+                **source,
+                DeltaTableError::ObjectStore { .. }
+                    | DeltaTableError::Io { .. }
+                    | DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(_) }
+            ),
+            DeltaError::Conflict { .. } | DeltaError::Layout { .. } => false,
+        }
+    }
+}
+
+pub type Result<T, E = DeltaError> = std::result::Result<T, E>;
+
+/// Delta type of an Arrow type used by txpipe's tables.
+fn delta_type(t: &ArrowType) -> DataType {
+    match t {
+        ArrowType::Utf8 => DataType::STRING,
+        ArrowType::Float64 => DataType::DOUBLE,
+        ArrowType::Int64 => DataType::LONG,
+        ArrowType::Int32 => DataType::INTEGER,
+        ArrowType::Boolean => DataType::BOOLEAN,
+        ArrowType::Date32 => DataType::DATE,
+        ArrowType::Binary => DataType::BINARY,
+        ArrowType::Timestamp(TimeUnit::Microsecond, _) => DataType::TIMESTAMP,
+        // txpipe's layouts use only the types above (see rows.rs).
+        other => unreachable!("no Delta mapping for {other}"),
+    }
+}
+
+fn describe(schema: &SchemaRef) -> String {
+    let cols: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}{}", f.name(), f.data_type(), if f.is_nullable() { "?" } else { "" }))
+        .collect();
+    format!("[{}]", cols.join(", "))
+}
+
+/// A table txpipe appends to.
+pub struct Table {
+    table: DeltaTable,
+    location: String,
+    app_prefix: String,
+    partition_by: Option<Vec<String>>,
+}
+
+impl Table {
+    /// Opens the table at `location` (a path or URL), creating it with the given layout when it
+    /// does not exist. An existing table must have the same columns.
+    pub async fn open_or_create(
+        location: &str,
+        storage_options: &BTreeMap<String, String>,
+        layout: SchemaRef,
+        partition_by: Option<&str>,
+        app_prefix: &str,
+        checkpoint_interval: u32,
+    ) -> Result<Table> {
+        let open_err = |source| DeltaError::Open { location: location.to_string(), source: Box::new(source) };
+        let url = ensure_table_uri(location).map_err(open_err)?;
+        let options: HashMap<String, String> = storage_options.clone().into_iter().collect();
+        let table = DeltaTable::try_from_url_with_storage_options(url.clone(), options.clone())
+            .await
+            .map_err(open_err)?;
+        let table = if table.version().is_some() {
+            table
+        } else {
+            let columns: Vec<StructField> = layout
+                .fields()
+                .iter()
+                .map(|f| StructField::new(f.name(), delta_type(f.data_type()), f.is_nullable()))
+                .collect();
+            let created = table
+                .create()
+                .with_columns(columns)
+                .with_partition_columns(partition_by.into_iter().map(str::to_string))
+                .with_configuration_property(
+                    TableProperty::CheckpointInterval,
+                    Some(checkpoint_interval.to_string()),
+                )
+                .with_save_mode(SaveMode::Ignore)
+                .await;
+            match created {
+                Ok(t) => {
+                    tracing::info!(location, "created delta table");
+                    t
+                }
+                // Another process created it at the same moment: open theirs.
+                Err(e) => {
+                    let mut t = DeltaTable::try_from_url_with_storage_options(url, options)
+                        .await
+                        .map_err(open_err)?;
+                    t.update_state().await.map_err(|_| open_err(e))?;
+                    t
+                }
+            }
+        };
+        let this = Table {
+            table,
+            location: location.to_string(),
+            app_prefix: app_prefix.to_string(),
+            partition_by: partition_by.map(|p| vec![p.to_string()]),
+        };
+        this.check_layout(&layout)?;
+        Ok(this)
+    }
+
+    fn check_layout(&self, expected: &SchemaRef) -> Result<()> {
+        let found = self.arrow_schema()?;
+        let same = found.fields().len() == expected.fields().len()
+            && found.fields().iter().zip(expected.fields()).all(|(a, b)| {
+                a.name() == b.name() && a.data_type() == b.data_type() && a.is_nullable() == b.is_nullable()
+            });
+        if same {
+            Ok(())
+        } else {
+            Err(DeltaError::Layout {
+                location: self.location.clone(),
+                found: describe(&found),
+                expected: describe(expected),
+            })
+        }
+    }
+
+    fn arrow_schema(&self) -> Result<SchemaRef> {
+        let snapshot = self.table.snapshot().map_err(|source| self.read_err(source))?;
+        Ok(snapshot.snapshot().arrow_schema())
+    }
+
+    fn read_err(&self, source: DeltaTableError) -> DeltaError {
+        DeltaError::Read { location: self.location.clone(), source: Box::new(source) }
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The loaded version.
+    pub fn version(&self) -> Option<u64> {
+        self.table.version()
+    }
+
+    /// The table as delta-rs sees it (for readers and maintenance).
+    pub fn delta(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    fn app_id(&self, partition: i32) -> String {
+        format!("{}-{partition}", self.app_prefix)
+    }
+
+    /// Loads the newest version of the log.
+    pub async fn refresh(&mut self) -> Result<()> {
+        let r = self.table.update_state().await;
+        r.map_err(|source| self.read_err(source))
+    }
+
+    /// The last offset stored per partition, in the loaded version (None: nothing stored).
+    pub async fn positions(&self, partitions: &[i32]) -> Result<HashMap<i32, Option<i64>>> {
+        let snapshot = self.table.snapshot().map_err(|source| self.read_err(source))?;
+        let log_store = self.table.log_store();
+        let mut out = HashMap::with_capacity(partitions.len());
+        for &p in partitions {
+            let v = snapshot
+                .transaction_version(log_store.as_ref(), self.app_id(p))
+                .await
+                .map_err(|source| self.read_err(source))?;
+            out.insert(p, v);
+        }
+        Ok(out)
+    }
+
+    /// Appends `batches` and records `positions` (partition → last offset covered) in one
+    /// commit, checked against the loaded snapshot: if another writer stored a position for any
+    /// of these partitions since, nothing is committed and [`DeltaError::Conflict`] comes back.
+    /// Returns the new version.
+    pub async fn append(
+        &mut self,
+        batches: &[RecordBatch],
+        positions: &BTreeMap<i32, i64>,
+        metadata: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<u64> {
+        let write_err = |location: &str, source| DeltaError::Write {
+            location: location.to_string(),
+            source: Box::new(source),
+        };
+        let mut actions = Vec::new();
+        if batches.iter().any(|b| b.num_rows() > 0) {
+            let mut writer =
+                RecordBatchWriter::for_table(&self.table).map_err(|e| write_err(&self.location, e))?;
+            for b in batches.iter().filter(|b| b.num_rows() > 0) {
+                writer.write(b.clone()).await.map_err(|e| write_err(&self.location, e))?;
+            }
+            actions.extend(
+                writer.flush().await.map_err(|e| write_err(&self.location, e))?.into_iter().map(Action::Add),
+            );
+        }
+        let txns: Vec<Transaction> =
+            positions.iter().map(|(&p, &o)| Transaction::new(self.app_id(p), o)).collect();
+        let properties = CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_metadata(metadata)
+            .with_max_retries(15);
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: self.partition_by.clone(),
+            predicate: None,
+        };
+        let read_version = self.table.version();
+        let snapshot = self.table.snapshot().map_err(|source| self.read_err(source))?;
+        let prepared = CommitBuilder::from(properties)
+            .with_actions(actions)
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .into_prepared_commit_future()
+            .await;
+        let commit_err = |location: &str, source: DeltaTableError| match source {
+            DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction),
+            } => DeltaError::Conflict { location: location.to_string() },
+            source => DeltaError::Commit {
+                location: location.to_string(),
+                version: read_version,
+                source: Box::new(source),
+            },
+        };
+        let post = prepared
+            .map_err(|e| commit_err(&self.location, e))?
+            .await
+            .map_err(|e| commit_err(&self.location, e))?;
+        let version = post.version;
+        // The commit is durable now; a failed checkpoint or log clean-up only costs read speed.
+        match post.await {
+            Ok(done) => self.table.state = Some(done.snapshot),
+            Err(e) => {
+                tracing::warn!(location = %self.location, version, error = %e, "post-commit work failed; reloading");
+                self.refresh().await?;
+            }
+        }
+        Ok(version)
+    }
+}

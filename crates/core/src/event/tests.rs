@@ -1,0 +1,166 @@
+use super::*;
+
+fn parser() -> EventParser {
+    EventParser::new(Schema::default_schema())
+}
+
+const GOOD: &str = r#"{"transaction_id":"t1","account_id":"a1","merchant_id":"m1","merchant_category":"Grocery","amount":12.5,"currency":"eur","country":"de","channel":"POS","event_time":"2026-11-01T10:00:00.250+01:00","is_fraud":0,"extra":{"x":[1,2]}}"#;
+
+fn parse(p: &EventParser, s: &str) -> Result<Vec<Value<'static>>, Rejection> {
+    let mut out = Vec::new();
+    p.parse(s.as_bytes(), &mut out)?;
+    Ok(out.into_iter().map(own).collect())
+}
+
+fn own(v: Value<'_>) -> Value<'static> {
+    match v {
+        Value::Str(s) => Value::Str(Cow::Owned(s.into_owned())),
+        Value::Null => Value::Null,
+        Value::Double(x) => Value::Double(x),
+        Value::Long(x) => Value::Long(x),
+        Value::Bool(x) => Value::Bool(x),
+        Value::Timestamp(x) => Value::Timestamp(x),
+    }
+}
+
+fn kind(p: &EventParser, s: &str) -> RejectKind {
+    parse(p, s).unwrap_err().kind
+}
+
+#[test]
+fn cleans_a_good_event() {
+    let v = parse(&parser(), GOOD).unwrap();
+    assert_eq!(v[0], Value::Str("t1".into()));
+    assert_eq!(v[3], Value::Str("grocery".into()));
+    assert_eq!(v[4], Value::Double(12.5));
+    assert_eq!(v[5], Value::Str("EUR".into()));
+    assert_eq!(v[6], Value::Str("DE".into()));
+    assert_eq!(v[7], Value::Str("pos".into()));
+    // 10:00:00.250+01:00 is 09:00:00.250Z
+    assert_eq!(v[8], Value::Timestamp(1_793_523_600_250_000));
+    assert_eq!(v[9], Value::Bool(false));
+}
+
+#[test]
+fn strings_without_normalisation_are_borrowed() {
+    let p = parser();
+    let payload = GOOD.replace("Grocery", "grocery");
+    let mut out = Vec::new();
+    p.parse(payload.as_bytes(), &mut out).unwrap();
+    assert!(matches!(&out[0], Value::Str(Cow::Borrowed("t1"))));
+    assert!(matches!(&out[3], Value::Str(Cow::Borrowed("grocery"))));
+}
+
+#[test]
+fn optional_fields_may_be_absent_or_null() {
+    let p = parser();
+    let v = parse(
+        &p,
+        r#"{"transaction_id":"t","account_id":"a","merchant_category":"x","amount":0,"currency":"USD","event_time":1700000000123,"country":null}"#,
+    )
+    .unwrap();
+    assert_eq!(v[2], Value::Null);
+    assert_eq!(v[4], Value::Double(0.0));
+    assert_eq!(v[6], Value::Null);
+    assert_eq!(v[8], Value::Timestamp(1_700_000_000_123_000));
+    assert_eq!(v[9], Value::Null);
+}
+
+#[test]
+fn labels_accept_the_four_spellings() {
+    let p = parser();
+    for (text, want) in [("0", false), ("1", true), ("false", false), ("true", true)] {
+        let v = parse(&p, &GOOD.replace(r#""is_fraud":0"#, &format!(r#""is_fraud":{text}"#))).unwrap();
+        assert_eq!(v[9], Value::Bool(want), "{text}");
+    }
+    assert_eq!(kind(&p, &GOOD.replace(r#""is_fraud":0"#, r#""is_fraud":2"#)), RejectKind::WrongType);
+    assert_eq!(kind(&p, &GOOD.replace(r#""is_fraud":0"#, r#""is_fraud":"yes""#)), RejectKind::WrongType);
+}
+
+#[test]
+fn each_kind_of_bad_event_is_named() {
+    let p = parser();
+    let cases = [
+        ("{\"transaction_id\":", RejectKind::InvalidJson),
+        ("not json", RejectKind::InvalidJson),
+        ("", RejectKind::InvalidJson),
+        (&format!("{GOOD} trailing"), RejectKind::InvalidJson),
+        ("[1,2]", RejectKind::NotObject),
+        ("42", RejectKind::NotObject),
+        (&GOOD.replace(r#""amount":12.5,"#, ""), RejectKind::MissingField),
+        (&GOOD.replace(r#""amount":12.5"#, r#""amount":null"#), RejectKind::NullField),
+        (&GOOD.replace(r#""amount":12.5"#, r#""amount":"12.5""#), RejectKind::WrongType),
+        (&GOOD.replace(r#""account_id":"a1""#, r#""account_id":7"#), RejectKind::WrongType),
+        (&GOOD.replace(r#""amount":12.5"#, r#""amount":-0.01"#), RejectKind::OutOfRange),
+        (&GOOD.replace(r#""amount":12.5"#, r#""amount":1e999"#), RejectKind::OutOfRange),
+        (&GOOD.replace("2026-11-01T10:00:00.250+01:00", "yesterday"), RejectKind::BadTime),
+        (&GOOD.replace("2026-11-01T10:00:00.250+01:00", "2026-11-01T10:00:00"), RejectKind::BadTime),
+        (&GOOD.replace(r#""2026-11-01T10:00:00.250+01:00""#, "1.5"), RejectKind::BadTime),
+        (&GOOD.replace(r#""2026-11-01T10:00:00.250+01:00""#, "true"), RejectKind::WrongType),
+        (&GOOD.replace(r#""transaction_id":"t1""#, r#""transaction_id":"  ""#), RejectKind::BadFormat),
+        (&GOOD.replace(r#""currency":"eur""#, r#""currency":"euro""#), RejectKind::BadFormat),
+    ];
+    for (payload, want) in cases {
+        let r = parse(&p, payload).unwrap_err();
+        assert_eq!(r.kind, want, "{payload} -> {r}");
+        assert!(r.to_string().starts_with(want.code()), "{r}");
+    }
+}
+
+#[test]
+fn reasons_name_the_field_and_the_expected_form() {
+    let p = parser();
+    let r = parse(&p, &GOOD.replace(r#""amount":12.5"#, r#""amount":"12.5""#)).unwrap_err();
+    assert_eq!(r.to_string(), "wrong_type: field `amount`: expected a number, found a string");
+    let r = parse(&p, &GOOD.replace(r#""amount":12.5,"#, "")).unwrap_err();
+    assert_eq!(r.to_string(), "missing_field: required field `amount` is missing");
+}
+
+#[test]
+fn the_last_of_repeated_keys_wins() {
+    let p = parser();
+    let v = parse(&p, &GOOD.replace(r#""amount":12.5"#, r#""amount":-1,"amount":3"#)).unwrap();
+    assert_eq!(v[4], Value::Double(3.0));
+}
+
+#[test]
+fn escaped_strings_are_decoded() {
+    let p = parser();
+    let v = parse(&p, &GOOD.replace(r#""m1""#, r#""m\u00e9\n""#)).unwrap();
+    assert_eq!(v[2], Value::Str("mé\n".into()));
+}
+
+#[test]
+fn invalid_utf8_is_invalid_json() {
+    let p = parser();
+    let mut bytes = GOOD.as_bytes().to_vec();
+    let at = GOOD.find("m1").unwrap();
+    bytes[at] = 0xff;
+    let mut out = Vec::new();
+    assert_eq!(p.parse(&bytes, &mut out).unwrap_err().kind, RejectKind::InvalidJson);
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+        let p = parser();
+        let mut out = Vec::new();
+        match p.parse(&bytes, &mut out) {
+            Ok(()) => proptest::prop_assert_eq!(out.len(), p.schema().fields().len()),
+            Err(r) => proptest::prop_assert!(!r.detail.is_empty()),
+        }
+    }
+
+    #[test]
+    fn mutated_events_never_panic(cut in 0usize..GOOD.len(), byte in proptest::num::u8::ANY) {
+        let p = parser();
+        let mut bytes = GOOD.as_bytes().to_vec();
+        bytes[cut] = byte;
+        let mut out = Vec::new();
+        match p.parse(&bytes, &mut out) {
+            Ok(()) => proptest::prop_assert_eq!(out.len(), p.schema().fields().len()),
+            Err(r) => proptest::prop_assert!(!r.detail.is_empty()),
+        }
+        let _ = p.parse(&bytes[..cut], &mut out);
+    }
+}

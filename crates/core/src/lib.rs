@@ -1,0 +1,13 @@
+//! txpipe-core: the pure domain of txpipe, with no I/O.
+//!
+//! - [`schema`]: the event schema, declared as data, and its validation;
+//! - [`event`]: JSON payload → cleaned values or a quarantine reason;
+//! - [`generator`]: the deterministic synthetic transaction stream with known fraud truth.
+
+pub mod error;
+pub mod event;
+pub mod generator;
+pub mod schema;
+pub mod units;
+
+pub use error::{Error, Result};

@@ -1,0 +1,39 @@
+//! txpipe-jobs: the jobs of txpipe, each `run(job, shutdown) -> Result<Report>`, so that the
+//! binary and the tests call them the same way, in process.
+//!
+//! - [`produce`]: synthetic events into Kafka or a file;
+//! - [`ingest`]: Job 1, Kafka → Delta, exactly once.
+
+pub mod ingest;
+pub mod produce;
+mod shutdown;
+
+pub use shutdown::Shutdown;
+
+use std::path::Path;
+
+/// What can stop a job.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// A setting out of its expected form.
+    #[error(transparent)]
+    Config(#[from] txpipe_core::Error),
+    #[error(transparent)]
+    Kafka(#[from] txpipe_connectors::kafka::KafkaError),
+    #[error(transparent)]
+    Delta(#[from] txpipe_connectors::delta::DeltaError),
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    /// A bug or a panicked task; the message says where.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl JobError {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        JobError::Io { path: path.as_ref().display().to_string(), source }
+    }
+}
+
+pub type Result<T, E = JobError> = std::result::Result<T, E>;

@@ -1,0 +1,205 @@
+//! `txpipe ingest` in process, against the real Kafka broker, into real Delta tables in
+//! temporary folders.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use txpipe_connectors::delta::TablesConfig;
+use txpipe_connectors::delta::arrow::array::{Array, Int64Array, StringArray};
+use txpipe_connectors::kafka::KafkaConfig;
+use txpipe_core::generator::{Generator, MalformedKind};
+use txpipe_core::schema::Schema;
+use txpipe_jobs::Shutdown;
+use txpipe_jobs::ingest::{self, IngestConfig, IngestJob};
+use txpipe_jobs::produce::{self, ProduceConfig, ProduceJob};
+
+struct Expected {
+    /// Valid transaction ids.
+    valid: Vec<String>,
+    /// Malformed payloads and their kind.
+    malformed: Vec<(Vec<u8>, MalformedKind)>,
+}
+
+/// What `produce` sends for these settings, computed by the same generator.
+fn expected(config: &ProduceConfig) -> Expected {
+    let settings = config.validate().unwrap();
+    let mut g = Generator::new(&Schema::default_schema(), settings.generator).unwrap();
+    let (mut payload, mut key) = (Vec::new(), Vec::new());
+    let mut e = Expected { valid: Vec::new(), malformed: Vec::new() };
+    for _ in 0..config.count {
+        let t = g.next_into(&mut payload, &mut key);
+        match t.malformed {
+            None => e.valid.push(t.transaction_id),
+            Some(kind) => e.malformed.push((payload.clone(), kind)),
+        }
+    }
+    e
+}
+
+async fn produce_to(kafka: &KafkaConfig, config: &ProduceConfig) {
+    let job = ProduceJob {
+        settings: config.validate().unwrap(),
+        kafka: kafka.clone(),
+        schema: Schema::default_schema(),
+    };
+    let report = produce::run(job, Shutdown::new()).await.unwrap();
+    assert_eq!(report.delivered, Some(config.count));
+}
+
+fn ingest_job(kafka: &KafkaConfig, dir: &std::path::Path, config: IngestConfig) -> IngestJob {
+    IngestJob {
+        settings: config.validate().unwrap(),
+        kafka: kafka.clone(),
+        tables: TablesConfig {
+            clean: dir.join("clean").display().to_string(),
+            quarantine: dir.join("quarantine").display().to_string(),
+            ..TablesConfig::default()
+        },
+        schema: Schema::default_schema(),
+    }
+}
+
+fn idle(secs: f64) -> IngestConfig {
+    IngestConfig { exit_when_idle: Some(secs), flush_latency: "300ms".into(), ..IngestConfig::default() }
+}
+
+async fn open(path: &std::path::Path) -> deltalake_table::Table {
+    deltalake_table::open(path).await
+}
+
+/// Thin helpers over the connectors' reader.
+mod deltalake_table {
+    use txpipe_connectors::delta::arrow::array::RecordBatch;
+    pub struct Table(pub Vec<RecordBatch>, pub u64);
+    pub async fn open(path: &std::path::Path) -> Table {
+        let url = url::Url::from_directory_path(path).unwrap();
+        let table = deltalake::open_table(url).await.unwrap();
+        let rows = txpipe_connectors::delta::read_rows(&table).await.unwrap();
+        Table(rows, table.version().unwrap())
+    }
+}
+
+fn strings(t: &deltalake_table::Table, column: &str) -> Vec<String> {
+    t.0.iter()
+        .flat_map(|b| {
+            let c = b.column_by_name(column).unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
+            (0..c.len()).map(move |i| c.value(i).to_string()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_events_land_once_and_bad_ones_in_quarantine_with_their_reason() {
+    let kafka = common::fresh_topic("ingest", 4).await;
+    let config = ProduceConfig { count: 20_000, seed: 21, malformed_rate: 0.05, ..ProduceConfig::default() };
+    produce_to(&kafka, &config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = ingest::run(ingest_job(&kafka, dir.path(), idle(3.0)), Shutdown::new()).await.unwrap();
+    let want = expected(&config);
+    assert_eq!(report.written, want.valid.len() as u64);
+    assert_eq!(report.quarantined, want.malformed.len() as u64);
+    assert_eq!(report.duplicates, 0);
+
+    let clean = open(&dir.path().join("clean")).await;
+    let mut ids = strings(&clean, "transaction_id");
+    ids.sort();
+    let mut valid = want.valid.clone();
+    valid.sort();
+    assert_eq!(ids, valid, "exactly the valid ids, each once");
+    assert_eq!(Some(clean.1), report.clean_version);
+
+    let quarantine = open(&dir.path().join("quarantine")).await;
+    let raws = strings(&quarantine, "raw");
+    let errors = strings(&quarantine, "error");
+    let mut got: Vec<(String, String)> = raws.into_iter().zip(errors).collect();
+    got.sort();
+    let mut wanted: Vec<(String, String)> = want
+        .malformed
+        .iter()
+        .map(|(p, k)| (String::from_utf8(p.clone()).unwrap(), k.rejection().code().to_string()))
+        .collect();
+    wanted.sort();
+    assert_eq!(got.len(), wanted.len());
+    for ((raw, error), (want_raw, want_code)) in got.iter().zip(&wanted) {
+        assert_eq!(raw, want_raw, "the payload is kept byte for byte");
+        assert!(error.starts_with(&format!("{want_code}: ")), "{error} for {raw}");
+    }
+    // Every malformed kind made it, with its reason.
+    let codes: std::collections::BTreeSet<&str> =
+        got.iter().map(|(_, e)| e.split(':').next().unwrap()).collect();
+    for kind in MalformedKind::ALL {
+        assert!(codes.contains(kind.rejection().code()), "{kind:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_after_the_stored_offsets_without_loss_or_duplicates() {
+    let kafka = common::fresh_topic("ingest-restart", 3).await;
+    let first = ProduceConfig { count: 3_000, seed: 31, ..ProduceConfig::default() };
+    produce_to(&kafka, &first).await;
+    let dir = tempfile::tempdir().unwrap();
+    let r1 = ingest::run(ingest_job(&kafka, dir.path(), idle(2.0)), Shutdown::new()).await.unwrap();
+    assert_eq!(r1.written, 3_000);
+    let second = ProduceConfig { count: 2_000, seed: 32, ..ProduceConfig::default() };
+    produce_to(&kafka, &second).await;
+    // A new consumer group: the group's offsets are not what positions the reader.
+    let mut other_group = kafka.clone();
+    other_group.group_id = format!("{}-second", kafka.topic);
+    let r2 = ingest::run(ingest_job(&other_group, dir.path(), idle(2.0)), Shutdown::new()).await.unwrap();
+    assert_eq!(r2.written, 2_000, "only the new events");
+    let clean = open(&dir.path().join("clean")).await;
+    let ids = strings(&clean, "transaction_id");
+    assert_eq!(ids.len(), 5_000);
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 5_000);
+    let offsets: BTreeMap<i32, i64> = clean.0.iter().fold(BTreeMap::new(), |mut m, b| {
+        let p = b
+            .column_by_name("kafka_partition")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<txpipe_connectors::delta::arrow::array::Int32Array>()
+            .unwrap();
+        let o = b.column_by_name("kafka_offset").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        for i in 0..b.num_rows() {
+            let e = m.entry(p.value(i)).or_insert(-1);
+            *e = (*e).max(o.value(i));
+        }
+        m
+    });
+    assert_eq!(offsets.len(), 3);
+    // A fresh topic numbers each partition from 0 without gaps: every offset is in the table.
+    assert_eq!(offsets.values().map(|o| o + 1).sum::<i64>(), 5_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_ids_inside_one_commit_are_written_once_and_counted() {
+    let kafka = common::fresh_topic("ingest-dups", 1).await;
+    let config = ProduceConfig { count: 500, seed: 41, ..ProduceConfig::default() };
+    produce_to(&kafka, &config).await;
+    produce_to(&kafka, &config).await; // the same 500 events again
+    let dir = tempfile::tempdir().unwrap();
+    let settings = IngestConfig { flush_latency: "5s".into(), ..idle(2.0) };
+    let report = ingest::run(ingest_job(&kafka, dir.path(), settings), Shutdown::new()).await.unwrap();
+    assert_eq!(report.written + report.duplicates, 1_000);
+    assert!(report.duplicates > 0);
+    let clean = open(&dir.path().join("clean")).await;
+    assert_eq!(strings(&clean, "transaction_id").len() as u64, report.written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_signal_commits_what_is_buffered_and_returns() {
+    let kafka = common::fresh_topic("ingest-stop", 2).await;
+    produce_to(&kafka, &ProduceConfig { count: 2_000, seed: 51, ..ProduceConfig::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A long latency: only the stop can cause the commit.
+    let settings = IngestConfig { flush_latency: "1h".into(), ..IngestConfig::default() };
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn(ingest::run(ingest_job(&kafka, dir.path(), settings), shutdown.clone()));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    shutdown.trigger();
+    let report = tokio::time::timeout(Duration::from_secs(30), run).await.unwrap().unwrap().unwrap();
+    assert_eq!(report.written, 2_000);
+    assert_eq!(report.commits, 1);
+}
