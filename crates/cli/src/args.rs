@@ -68,16 +68,16 @@ pub struct ProduceArgs {
     #[arg(long, env = "TXPIPE_COUNT", value_name = "N")]
     pub count: Option<u64>,
     /// Events per second; 0 = as fast as possible.
-    #[arg(long, env = "TXPIPE_RATE", value_name = "EVENTS_PER_S")]
+    #[arg(long, allow_negative_numbers = true, env = "TXPIPE_RATE", value_name = "EVENTS_PER_S")]
     pub rate: Option<f64>,
     /// Seed: the same seed gives the same events.
     #[arg(long, env = "TXPIPE_SEED", value_name = "S")]
     pub seed: Option<u64>,
     /// Mean true fraud probability.
-    #[arg(long, env = "TXPIPE_FRAUD_RATE", value_name = "F")]
+    #[arg(long, allow_negative_numbers = true, env = "TXPIPE_FRAUD_RATE", value_name = "F")]
     pub fraud_rate: Option<f64>,
     /// Share of deliberately malformed events.
-    #[arg(long, env = "TXPIPE_MALFORMED_RATE", value_name = "F")]
+    #[arg(long, allow_negative_numbers = true, env = "TXPIPE_MALFORMED_RATE", value_name = "F")]
     pub malformed_rate: Option<f64>,
     /// Write JSON lines to FILE (- = stdout) instead of Kafka.
     #[arg(long, env = "TXPIPE_OUTPUT", value_name = "FILE")]
@@ -120,7 +120,7 @@ pub struct IngestArgs {
     #[arg(long, env = "TXPIPE_GROUP_ID", value_name = "G")]
     pub group_id: Option<String>,
     /// Stop after SECS seconds without new input.
-    #[arg(long, env = "TXPIPE_EXIT_WHEN_IDLE", value_name = "SECS")]
+    #[arg(long, allow_negative_numbers = true, env = "TXPIPE_EXIT_WHEN_IDLE", value_name = "SECS")]
     pub exit_when_idle: Option<f64>,
 }
 
@@ -146,7 +146,7 @@ pub struct ScoreArgs {
     #[arg(long, env = "TXPIPE_MODEL_DIR", value_name = "DIR")]
     pub model_dir: Option<String>,
     /// Stop after SECS seconds without new input.
-    #[arg(long, env = "TXPIPE_EXIT_WHEN_IDLE", value_name = "SECS")]
+    #[arg(long, allow_negative_numbers = true, env = "TXPIPE_EXIT_WHEN_IDLE", value_name = "SECS")]
     pub exit_when_idle: Option<f64>,
 }
 

@@ -49,15 +49,21 @@ pub(super) enum Control {
     Committed(HashMap<i32, i64>),
 }
 
-/// When the reader last saw a message.
+/// When the reader last saw a message, and whether it ever held partitions.
 pub(super) struct Activity {
     started: Instant,
     last_ms: AtomicU64,
+    assigned: AtomicBool,
 }
 
 impl Activity {
     fn touch(&self) {
         self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the consumer has held partitions at some point.
+    pub fn ever_assigned(&self) -> bool {
+        self.assigned.load(Ordering::Relaxed)
     }
 
     /// Time since the last message or rebalance (or since the start, before any).
@@ -198,7 +204,11 @@ pub(super) fn spawn(setup: ReaderSetup) -> Result<ReaderHandle> {
         start: setup.start,
     });
     let consumer = Consumer::subscribe(&setup.kafka, source)?;
-    let activity = Arc::new(Activity { started: Instant::now(), last_ms: AtomicU64::new(0) });
+    let activity = Arc::new(Activity {
+        started: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        assigned: AtomicBool::new(false),
+    });
     let thread_activity = activity.clone();
     let thread = std::thread::Builder::new()
         .name("ingest-reader".into())
@@ -248,6 +258,9 @@ fn read_loop(
             chunk = ChunkBuilder::new(&schema, generation);
             // New positions may bring input: idleness counts from here.
             activity.touch();
+            if !consumer.assigned().is_empty() {
+                activity.assigned.store(true, Ordering::Relaxed);
+            }
         }
         match polled {
             Some(Ok(m)) => {

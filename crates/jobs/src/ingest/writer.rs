@@ -166,7 +166,12 @@ impl Writer {
                     last_stats = (Instant::now(), self.report.written);
                 }
                 _ = tokio::time::sleep(idle_check.unwrap_or(Duration::MAX)), if idle_check.is_some() => {
-                    if let Some(idle) = self.settings.exit_when_idle
+                    // Before the first assignment the group may still be waiting for dead
+                    // members to time out: allow a minute more.
+                    let limit = self.settings.exit_when_idle.map(|idle| {
+                        if activity.ever_assigned() { idle } else { idle + Duration::from_secs(60) }
+                    });
+                    if let Some(idle) = limit
                         && activity.idle() >= idle
                         && self.buffer.is_empty()
                     {

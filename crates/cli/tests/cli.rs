@@ -1,0 +1,159 @@
+//! The `txpipe` binary: settings precedence, error messages and exit codes, file output.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn txpipe() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_txpipe"));
+    // The tests' own environment must not leak settings in.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TXPIPE_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn run(c: &mut Command) -> (i32, String, String) {
+    let Output { status, stdout, stderr } = c.output().expect("run txpipe");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into(),
+        String::from_utf8_lossy(&stderr).into(),
+    )
+}
+
+fn value(toml_text: &str, section: &str, key: &str) -> toml::Value {
+    let v: toml::Value = toml::from_str(toml_text).expect("config prints TOML");
+    v[section][key].clone()
+}
+
+#[test]
+fn flag_beats_environment_beats_file_beats_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("txpipe.toml");
+    std::fs::write(&file, "[kafka]\ntopic = \"from-file\"\n[produce]\ncount = 5\nrate = 1.5\nseed = 9\n")
+        .unwrap();
+    let (code, out, err) = run(txpipe()
+        .args(["config", "--config"])
+        .arg(&file)
+        .args(["--count", "7"])
+        .env("TXPIPE_TOPIC", "from-env")
+        .env("TXPIPE_COUNT", "6")
+        .env("TXPIPE_SEED", "10"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(value(&out, "produce", "count").as_integer(), Some(7), "flag over env");
+    assert_eq!(value(&out, "kafka", "topic").as_str(), Some("from-env"), "env over file");
+    assert_eq!(value(&out, "produce", "seed").as_integer(), Some(10), "env over file");
+    assert_eq!(value(&out, "produce", "rate").as_float(), Some(1.5), "file over default");
+    assert_eq!(value(&out, "kafka", "brokers").as_str(), Some("127.0.0.1:9092"), "default");
+    // The config file can also come from the environment.
+    let (code, out, _) = run(txpipe().arg("config").env("TXPIPE_CONFIG", &file));
+    assert_eq!(code, 0);
+    assert_eq!(value(&out, "produce", "count").as_integer(), Some(5));
+}
+
+#[test]
+fn bad_values_exit_2_naming_the_setting_and_the_expected_form() {
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, Vec<&str>)> = vec![
+        (
+            vec!["produce", "--brokers", "nope"],
+            vec![],
+            vec!["kafka.brokers", "--brokers", "TXPIPE_BROKERS", "HOST:PORT"],
+        ),
+        (
+            vec!["produce"],
+            vec![("TXPIPE_RATE", "-5")],
+            vec!["produce.rate", "TXPIPE_RATE", "events per second"],
+        ),
+        (vec!["produce", "--malformed-rate", "2"], vec![], vec!["produce.malformed_rate", "from 0 to 1"]),
+        (vec!["produce", "--start-time", "yesterday"], vec![], vec!["produce.start_time", "RFC 3339"]),
+        (vec!["produce", "--span", "7 weeks"], vec![], vec!["produce.span", "duration"]),
+        (vec!["produce", "--count", "many"], vec![], vec!["--count", "many"]),
+        (vec!["ingest", "--clickhouse-url", "localhost"], vec![], vec!["clickhouse.url", "http://HOST:PORT"]),
+        (vec!["ingest", "--exit-when-idle", "-1"], vec![], vec!["ingest.exit_when_idle", "positive"]),
+        (vec!["produce", "--log-format", "xml"], vec![], vec!["log.format", "text or json"]),
+        (vec!["produce", "--topic", "has space"], vec![], vec!["kafka.topic"]),
+    ];
+    for (args, env, needles) in cases {
+        let mut c = txpipe();
+        c.args(&args);
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        let (code, _, err) = run(&mut c);
+        assert_eq!(code, 2, "{args:?} {env:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?} {env:?}: `{n}` not in: {err}");
+        }
+    }
+}
+
+#[test]
+fn a_bad_config_file_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[produce]\ncont = 3\n").unwrap();
+    let (code, _, err) = run(txpipe().args(["config", "--config"]).arg(&file));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cont") && err.contains("bad.toml"), "{err}");
+    let (code, _, err) = run(txpipe().args(["config", "--config", "/nonexistent/txpipe.toml"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/nonexistent/txpipe.toml"), "{err}");
+}
+
+#[test]
+fn jobs_not_built_yet_say_so_and_fail() {
+    for job in ["train", "score"] {
+        let (code, _, err) = run(txpipe().arg(job));
+        assert_eq!(code, 1);
+        assert!(err.contains("not built yet"), "{err}");
+    }
+}
+
+fn produce_file(dir: &Path, name: &str, seed: &str) -> (Vec<u8>, String) {
+    let out = dir.join(format!("{name}.jsonl"));
+    let truth = dir.join(format!("{name}.csv"));
+    let (code, _, err) = run(txpipe()
+        .args(["produce", "--count", "3000", "--seed", seed, "--malformed-rate", "0.1", "--output"])
+        .arg(&out)
+        .arg("--truth-output")
+        .arg(&truth));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("produced 3000 events"), "{err}");
+    (std::fs::read(out).unwrap(), std::fs::read_to_string(truth).unwrap())
+}
+
+#[test]
+fn file_output_is_deterministic_per_seed_with_a_truth_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, truth_a) = produce_file(dir.path(), "a", "5");
+    let (b, truth_b) = produce_file(dir.path(), "b", "5");
+    let (c, _) = produce_file(dir.path(), "c", "6");
+    assert_eq!(a, b);
+    assert_eq!(truth_a, truth_b);
+    assert_ne!(a, c);
+    assert_eq!(a.iter().filter(|&&x| x == b'\n').count(), 3000);
+    let lines: Vec<&str> = truth_a.lines().collect();
+    assert_eq!(lines[0], "transaction_id,fraud_probability,is_fraud,malformed");
+    assert_eq!(lines.len(), 3001);
+    // The truth never reaches the events.
+    assert!(!String::from_utf8_lossy(&a).contains("fraud_probability"));
+    let malformed = lines[1..].iter().filter(|l| !l.ends_with(',')).count();
+    assert!((200..400).contains(&malformed), "{malformed}");
+}
+
+#[test]
+fn stdout_output_and_json_logs() {
+    let (code, out, err) =
+        run(txpipe().args(["produce", "--count", "3", "--output", "-", "--log-format", "json"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3);
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["transaction_id"].is_string());
+    }
+    let log_line = err.lines().find(|l| l.starts_with('{')).expect("a JSON log line");
+    let v: serde_json::Value = serde_json::from_str(log_line).unwrap();
+    assert_eq!(v["fields"]["message"], "produce finished");
+}
