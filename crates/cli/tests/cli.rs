@@ -53,9 +53,12 @@ fn flag_beats_environment_beats_file_beats_default() {
     assert_eq!(value(&out, "produce", "count").as_integer(), Some(5));
 }
 
+/// Arguments, environment, and the texts the error message must contain.
+type BadCase = (Vec<&'static str>, Vec<(&'static str, &'static str)>, Vec<&'static str>);
+
 #[test]
 fn bad_values_exit_2_naming_the_setting_and_the_expected_form() {
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, Vec<&str>)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             vec!["produce", "--brokers", "nope"],
             vec![],
