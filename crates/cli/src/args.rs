@@ -55,6 +55,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Job 2: Delta table as a stream -> model -> ClickHouse.
     Score(ScoreArgs),
+    /// Compact small files of both tables (dataChange=false), then vacuum old files.
+    Optimize(OptimizeArgs),
     /// Print the effective settings (after file, environment and flags) as TOML.
     Config(ConfigArgs),
 }
@@ -122,6 +124,28 @@ pub struct IngestArgs {
     /// Stop after SECS seconds without new input.
     #[arg(long, allow_negative_numbers = true, env = "TXPIPE_EXIT_WHEN_IDLE", value_name = "SECS")]
     pub exit_when_idle: Option<f64>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct OptimizeArgs {
+    /// Clean table: path or object-store URL.
+    #[arg(long, env = "TXPIPE_TABLE", value_name = "PATH_OR_URL")]
+    pub table: Option<String>,
+    /// Quarantine table: path or object-store URL.
+    #[arg(long, env = "TXPIPE_QUARANTINE_TABLE", value_name = "PATH")]
+    pub quarantine_table: Option<String>,
+    /// Files smaller than this many bytes are rewritten into files of about this size.
+    #[arg(long, env = "TXPIPE_TARGET_FILE_SIZE", value_name = "BYTES")]
+    pub target_file_size: Option<u64>,
+    /// Vacuum deletes files unreferenced for this many hours.
+    #[arg(long, env = "TXPIPE_RETENTION_HOURS", value_name = "HOURS")]
+    pub retention_hours: Option<u64>,
+    /// Run vacuum after compaction.
+    #[arg(long, env = "TXPIPE_VACUUM", value_name = "BOOL")]
+    pub vacuum: Option<bool>,
+    /// Vacuum lists what it would delete and deletes nothing.
+    #[arg(long, env = "TXPIPE_DRY_RUN", value_name = "BOOL")]
+    pub dry_run: Option<bool>,
 }
 
 #[derive(Debug, Args, Default)]

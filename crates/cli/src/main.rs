@@ -15,6 +15,7 @@ use args::{Cli, Command};
 use settings::{Config, explain};
 use txpipe_jobs::Shutdown;
 use txpipe_jobs::ingest::{self, IngestJob};
+use txpipe_jobs::optimize;
 use txpipe_jobs::produce::{self, ProduceJob};
 
 /// A failure before any work started: a flag, a setting or the config file.
@@ -113,13 +114,35 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Optimize(a) => {
+            config.apply_optimize(&a);
+            config.validate_common().map_err(usage)?;
+            config.optimize.validate().map_err(explain).map_err(usage)?;
+            init_logging(&config)?;
+            let reports = runtime()?.block_on(optimize::run(&config.tables, &config.optimize))?;
+            for r in reports {
+                let c = &r.compaction;
+                eprintln!(
+                    "{}: {} files -> {} ({} rewritten into {}, {} commits), vacuum {} {} files",
+                    r.location,
+                    c.files_before,
+                    c.files_after,
+                    c.files_removed,
+                    c.files_added,
+                    c.commits,
+                    if config.optimize.dry_run { "would delete" } else { "deleted" },
+                    r.vacuumed.len()
+                );
+            }
+            Ok(())
+        }
         Command::Train(_) => not_built("train"),
         Command::Score(_) => not_built("score"),
     }
 }
 
 fn not_built(job: &str) -> Result<()> {
-    anyhow::bail!("`txpipe {job}` is not built yet; available now: produce, ingest, config")
+    anyhow::bail!("`txpipe {job}` is not built yet; available now: produce, ingest, optimize, config")
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

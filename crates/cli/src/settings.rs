@@ -10,9 +10,10 @@ use txpipe_connectors::delta::TablesConfig;
 use txpipe_connectors::kafka::KafkaConfig;
 use txpipe_core::schema::{Schema, SchemaConfig};
 use txpipe_jobs::ingest::IngestConfig;
+use txpipe_jobs::optimize::OptimizeConfig;
 use txpipe_jobs::produce::ProduceConfig;
 
-use crate::args::{CommonArgs, IngestArgs, ProduceArgs};
+use crate::args::{CommonArgs, IngestArgs, OptimizeArgs, ProduceArgs};
 
 /// `[models]`: where trained models are published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +56,7 @@ pub struct Config {
     pub models: ModelsConfig,
     pub produce: ProduceConfig,
     pub ingest: IngestConfig,
+    pub optimize: OptimizeConfig,
     pub schema: SchemaConfig,
 }
 
@@ -84,6 +86,8 @@ const FLAGS: &[(&str, &str)] = &[
     ("produce.merchants", "merchants"),
     ("produce.labels", "labels"),
     ("ingest.exit_when_idle", "exit-when-idle"),
+    ("optimize.target_file_size", "target-file-size"),
+    ("optimize.retention_hours", "retention-hours"),
 ];
 
 /// Adds where a setting can be given to a validation error.
@@ -151,6 +155,16 @@ impl Config {
         set(&mut self.tables.clean, &a.table);
         set(&mut self.tables.quarantine, &a.quarantine_table);
         set_some(&mut self.ingest.exit_when_idle, &a.exit_when_idle);
+    }
+
+    /// Puts the optimize flags (and environment) over the file.
+    pub fn apply_optimize(&mut self, a: &OptimizeArgs) {
+        set(&mut self.tables.clean, &a.table);
+        set(&mut self.tables.quarantine, &a.quarantine_table);
+        set(&mut self.optimize.target_file_size, &a.target_file_size);
+        set(&mut self.optimize.retention_hours, &a.retention_hours);
+        set(&mut self.optimize.vacuum, &a.vacuum);
+        set(&mut self.optimize.dry_run, &a.dry_run);
     }
 
     /// Validates the sections every command uses.

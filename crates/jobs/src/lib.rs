@@ -2,9 +2,11 @@
 //! binary and the tests call them the same way, in process.
 //!
 //! - [`produce`]: synthetic events into Kafka or a file;
-//! - [`ingest`]: Job 1, Kafka → Delta, exactly once.
+//! - [`ingest`]: Job 1, Kafka → Delta, exactly once;
+//! - [`optimize`]: compaction and vacuum of the tables.
 
 pub mod ingest;
+pub mod optimize;
 pub mod produce;
 mod shutdown;
 

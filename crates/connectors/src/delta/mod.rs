@@ -1,7 +1,9 @@
-//! Delta Lake tables: settings, the column layout of txpipe's tables and row builders (the
-//! table writer and reader come with the ingest job).
+//! Delta Lake tables: settings, the column layout of txpipe's tables, row builders, the
+//! appending writer with Kafka positions in its commits, a reader, and maintenance
+//! (compaction, vacuum).
 
 mod config;
+mod maintenance;
 mod read;
 mod rows;
 mod table;
@@ -9,6 +11,7 @@ mod table;
 pub use config::TablesConfig;
 /// The Arrow version delta-rs is built with, for callers that build batches.
 pub use deltalake::arrow;
-pub use read::read_rows;
+pub use maintenance::{CompactReport, compact, vacuum};
+pub use read::{DataFile, data_files, read_file, read_rows};
 pub use rows::{CleanRows, EVENT_DATE, QuarantineRows, clean_schema, quarantine_schema};
-pub use table::{DeltaError, Table};
+pub use table::{DeltaError, Table, open_existing};

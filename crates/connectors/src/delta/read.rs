@@ -3,13 +3,14 @@
 //!
 //! In: a loaded table. Out: record batches in the table's own column order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use deltalake::arrow::array::{ArrayRef, Date32Array, RecordBatch};
 use deltalake::arrow::datatypes::DataType;
 use deltalake::datafile::DataFileReader;
 use deltalake::datafile::reader::ParquetFileReader;
-use deltalake::{DeltaTable, DeltaTableError};
+use deltalake::{DeltaTable, DeltaTableError, Path};
 use futures::TryStreamExt;
 
 fn date_days(text: &str) -> Option<i32> {
@@ -18,39 +19,68 @@ fn date_days(text: &str) -> Option<i32> {
     Some((date - epoch).num_days() as i32)
 }
 
+/// One active data file: where it is and the partition values the log gives it.
+#[derive(Debug, Clone)]
+pub struct DataFile {
+    pub path: Path,
+    pub size: i64,
+    pub partition_values: HashMap<String, Option<String>>,
+}
+
+/// The active data files of the loaded version.
+pub fn data_files(table: &DeltaTable) -> Result<Vec<DataFile>, DeltaTableError> {
+    let snapshot = table.snapshot()?;
+    Ok(snapshot
+        .log_data()
+        .iter()
+        .map(|f| DataFile {
+            path: f.object_store_path(),
+            size: f.size(),
+            partition_values: f.partition_values_map(),
+        })
+        .collect())
+}
+
+/// The rows of one data file, in the table's column order (partition columns put back).
+pub async fn read_file(table: &DeltaTable, file: &DataFile) -> Result<Vec<RecordBatch>, DeltaTableError> {
+    let schema = table.snapshot()?.snapshot().arrow_schema();
+    let reader = ParquetFileReader::new(table.object_store());
+    let batches: Vec<RecordBatch> = reader.read_file(file.path.clone()).await?.try_collect().await?;
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let column = match b.column_by_name(field.name()) {
+                Some(c) => c.clone(),
+                None if field.data_type() == &DataType::Date32 => {
+                    let days = file
+                        .partition_values
+                        .get(field.name())
+                        .cloned()
+                        .flatten()
+                        .and_then(|v| date_days(&v));
+                    Arc::new(Date32Array::from(vec![days; b.num_rows()])) as ArrayRef
+                }
+                None => {
+                    return Err(DeltaTableError::Generic(format!(
+                        "column {} missing from {}",
+                        field.name(),
+                        file.path
+                    )));
+                }
+            };
+            columns.push(column);
+        }
+        out.push(RecordBatch::try_new(schema.clone(), columns)?);
+    }
+    Ok(out)
+}
+
 /// Every row of the loaded version.
 pub async fn read_rows(table: &DeltaTable) -> Result<Vec<RecordBatch>, DeltaTableError> {
-    let snapshot = table.snapshot()?;
-    let schema = snapshot.snapshot().arrow_schema();
-    let files: Vec<_> = snapshot.log_data().iter().collect();
-    let reader = ParquetFileReader::new(table.object_store());
     let mut out = Vec::new();
-    for file in files {
-        let partition_values = file.partition_values_map();
-        let batches: Vec<RecordBatch> =
-            reader.read_file(file.object_store_path()).await?.try_collect().await?;
-        for b in batches {
-            let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-            for field in schema.fields() {
-                let column = match b.column_by_name(field.name()) {
-                    Some(c) => c.clone(),
-                    None if field.data_type() == &DataType::Date32 => {
-                        let days =
-                            partition_values.get(field.name()).cloned().flatten().and_then(|v| date_days(&v));
-                        Arc::new(Date32Array::from(vec![days; b.num_rows()])) as ArrayRef
-                    }
-                    None => {
-                        return Err(DeltaTableError::Generic(format!(
-                            "column {} missing from {}",
-                            field.name(),
-                            file.path()
-                        )));
-                    }
-                };
-                columns.push(column);
-            }
-            out.push(RecordBatch::try_new(schema.clone(), columns)?);
-        }
+    for file in data_files(table)? {
+        out.extend(read_file(table, &file).await?);
     }
     Ok(out)
 }

@@ -33,6 +33,8 @@ pub enum DeltaError {
     Commit { location: String, version: Option<u64>, source: Box<DeltaTableError> },
     #[error("delta table {location}: reading the log failed: {source}")]
     Read { location: String, source: Box<DeltaTableError> },
+    #[error("delta table {location}: {operation} failed: {source}")]
+    Maintenance { location: String, operation: &'static str, source: Box<DeltaTableError> },
 }
 
 impl DeltaError {
@@ -43,7 +45,8 @@ impl DeltaError {
             DeltaError::Open { source, .. }
             | DeltaError::Write { source, .. }
             | DeltaError::Commit { source, .. }
-            | DeltaError::Read { source, .. } => matches!(
+            | DeltaError::Read { source, .. }
+            | DeltaError::Maintenance { source, .. } => matches!(
                 **source,
                 DeltaTableError::ObjectStore { .. }
                     | DeltaTableError::Io { .. }
@@ -79,6 +82,19 @@ fn describe(schema: &SchemaRef) -> String {
         .map(|f| format!("{} {}{}", f.name(), f.data_type(), if f.is_nullable() { "?" } else { "" }))
         .collect();
     format!("[{}]", cols.join(", "))
+}
+
+/// Opens an existing table at its newest version; a missing table is an error.
+pub async fn open_existing(location: &str, storage_options: &BTreeMap<String, String>) -> Result<DeltaTable> {
+    let open_err = |source| DeltaError::Open { location: location.to_string(), source: Box::new(source) };
+    let url = ensure_table_uri(location).map_err(open_err)?;
+    let options: HashMap<String, String> = storage_options.clone().into_iter().collect();
+    let mut table = DeltaTable::try_from_url_with_storage_options(url, options).await.map_err(open_err)?;
+    if table.version().is_none() {
+        return Err(open_err(DeltaTableError::NotATable(format!("no Delta table at {location}"))));
+    }
+    table.update_state().await.map_err(open_err)?;
+    Ok(table)
 }
 
 /// A table txpipe appends to.

@@ -214,6 +214,7 @@ pub async fn run(job: IngestJob, shutdown: Shutdown) -> Result<IngestReport> {
         chunks: chunks_tx,
         control: control_rx,
         stop: stop.clone(),
+        flush_rows: job.settings.flush_rows,
     })?;
     let mut writer = writer::Writer::new(
         clean,

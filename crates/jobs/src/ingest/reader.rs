@@ -6,7 +6,7 @@
 //! generation, so that the writer can drop chunks built before a rebalance or a seek.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -22,7 +22,7 @@ use txpipe_core::schema::Schema;
 
 use crate::{JobError, Result};
 
-/// Rows per chunk handed to the writer.
+/// Rows per chunk handed to the writer (fewer when the flush size is smaller).
 const CHUNK_ROWS: usize = 16_384;
 /// Age at which a partial chunk is handed over anyway.
 const CHUNK_AGE: Duration = Duration::from_millis(100);
@@ -54,11 +54,18 @@ pub(super) struct Activity {
     started: Instant,
     last_ms: AtomicU64,
     assigned: AtomicBool,
+    lag: AtomicI64,
 }
 
 impl Activity {
     fn touch(&self) {
         self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Messages behind the end of the assigned partitions, from the client's statistics (-1
+    /// before the first).
+    pub fn lag(&self) -> i64 {
+        self.lag.load(Ordering::Relaxed)
     }
 
     /// Whether the consumer has held partitions at some point.
@@ -81,6 +88,8 @@ pub(super) struct ReaderSetup {
     pub chunks: tokio::sync::mpsc::Sender<Chunk>,
     pub control: Receiver<Control>,
     pub stop: Arc<AtomicBool>,
+    /// The writer's flush size: no chunk is larger.
+    pub flush_rows: usize,
 }
 
 /// What the reader did.
@@ -208,32 +217,29 @@ pub(super) fn spawn(setup: ReaderSetup) -> Result<ReaderHandle> {
         started: Instant::now(),
         last_ms: AtomicU64::new(0),
         assigned: AtomicBool::new(false),
+        lag: AtomicI64::new(-1),
     });
     let thread_activity = activity.clone();
     let thread = std::thread::Builder::new()
         .name("ingest-reader".into())
         .spawn(move || {
-            read_loop(
-                consumer,
-                setup.kafka.topic,
-                setup.schema,
-                setup.chunks,
-                setup.control,
-                setup.stop,
-                &thread_activity,
-            )
+            let chunk_rows = CHUNK_ROWS.min(setup.flush_rows);
+            let io = (setup.chunks, setup.control, setup.stop);
+            read_loop(consumer, setup.kafka.topic, setup.schema, io, chunk_rows, &thread_activity)
         })
         .map_err(|e| JobError::Internal(format!("starting the reader thread: {e}")))?;
     Ok(ReaderHandle { thread, activity })
 }
 
+/// Chunks out, control in, and the stop flag.
+type ReaderIo = (tokio::sync::mpsc::Sender<Chunk>, Receiver<Control>, Arc<AtomicBool>);
+
 fn read_loop(
     consumer: Consumer,
     topic: String,
     schema: Schema,
-    chunks: tokio::sync::mpsc::Sender<Chunk>,
-    control: Receiver<Control>,
-    stop: Arc<AtomicBool>,
+    (chunks, control, stop): ReaderIo,
+    chunk_rows: usize,
     activity: &Activity,
 ) -> Result<ReaderOutcome> {
     let parser = EventParser::new(schema.clone());
@@ -244,6 +250,7 @@ fn read_loop(
         if let Some(failure) = consumer.failure() {
             return Err(JobError::Internal(format!("kafka consumer: {failure}")));
         }
+        activity.lag.store(consumer.lag(), Ordering::Relaxed);
         while let Ok(c) = control.try_recv() {
             match c {
                 Control::Reseek(starts) => consumer.seek(&starts)?,
@@ -275,7 +282,7 @@ fn read_loop(
             }
             Some(Err(_)) | None => {}
         }
-        let full = chunk.messages as usize >= CHUNK_ROWS;
+        let full = chunk.messages as usize >= chunk_rows;
         let due = chunk.messages > 0 && chunk.since.elapsed() >= CHUNK_AGE;
         if (full || due) && chunks.blocking_send(chunk.finish(&schema)?).is_err() {
             // The writer is gone: it stopped, and says why.

@@ -153,7 +153,9 @@ impl Writer {
                 _ = stats.tick() => {
                     let (at, written) = last_stats;
                     let rate = (self.report.written - written) as f64 / at.elapsed().as_secs_f64().max(1e-9);
+                    metrics::gauge!("txpipe_ingest_consumer_lag").set(activity.lag() as f64);
                     tracing::info!(
+                        lag = activity.lag(),
                         written = self.report.written,
                         quarantined = self.report.quarantined,
                         duplicates = self.report.duplicates,
