@@ -11,7 +11,9 @@ mod table;
 pub use config::TablesConfig;
 /// The Arrow version delta-rs is built with, for callers that build batches.
 pub use deltalake::arrow;
+/// A data file's `add` action, as a written batch hands it to its commit.
+pub use deltalake::kernel::Add;
 pub use maintenance::{CompactReport, compact, vacuum};
 pub use read::{DataFile, data_files, read_file, read_rows};
 pub use rows::{CleanRows, EVENT_DATE, QuarantineRows, clean_schema, quarantine_schema};
-pub use table::{DeltaError, Table, open_existing};
+pub use table::{DeltaError, Table, TableWriter, open_existing};

@@ -12,7 +12,7 @@ use deltalake::arrow::datatypes::{DataType as ArrowType, SchemaRef, TimeUnit};
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
 };
-use deltalake::kernel::{Action, DataType, StructField, Transaction};
+use deltalake::kernel::{Action, Add, DataType, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError, TableProperty, ensure_table_uri};
@@ -230,31 +230,41 @@ impl Table {
         Ok(out)
     }
 
-    /// Appends `batches` and records `positions` (partition → last offset covered) in one
-    /// commit, checked against the loaded snapshot: if another writer stored a position for any
-    /// of these partitions since, nothing is committed and [`DeltaError::Conflict`] comes back.
-    /// Returns the new version.
+    /// A writer of data files for this table: batches written to it are encoded and uploaded
+    /// as they come; nothing is visible until [`Table::commit`] gets its files.
+    pub fn writer(&self) -> Result<TableWriter> {
+        let location = self.location.clone();
+        let inner = RecordBatchWriter::for_table(&self.table)
+            .map_err(|source| DeltaError::Write { location: location.clone(), source: Box::new(source) })?;
+        Ok(TableWriter { inner, location, rows: 0 })
+    }
+
+    /// Appends `batches` and records `positions` in one commit (see [`Table::commit`]).
     pub async fn append(
         &mut self,
         batches: &[RecordBatch],
         positions: &BTreeMap<i32, i64>,
         metadata: serde_json::Map<String, serde_json::Value>,
     ) -> Result<u64> {
-        let write_err = |location: &str, source| DeltaError::Write {
-            location: location.to_string(),
-            source: Box::new(source),
-        };
-        let mut actions = Vec::new();
-        if batches.iter().any(|b| b.num_rows() > 0) {
-            let mut writer =
-                RecordBatchWriter::for_table(&self.table).map_err(|e| write_err(&self.location, e))?;
-            for b in batches.iter().filter(|b| b.num_rows() > 0) {
-                writer.write(b.clone()).await.map_err(|e| write_err(&self.location, e))?;
-            }
-            actions.extend(
-                writer.flush().await.map_err(|e| write_err(&self.location, e))?.into_iter().map(Action::Add),
-            );
+        let mut writer = self.writer()?;
+        for b in batches {
+            writer.write(b).await?;
         }
+        let files = writer.finish().await?;
+        self.commit(files, positions, metadata).await
+    }
+
+    /// Commits written `files` and records `positions` (partition → last offset covered) in
+    /// one commit, checked against the loaded snapshot: if another writer stored a position
+    /// for any of these partitions since, nothing is committed and [`DeltaError::Conflict`]
+    /// comes back. Returns the new version.
+    pub async fn commit(
+        &mut self,
+        files: Vec<Add>,
+        positions: &BTreeMap<i32, i64>,
+        metadata: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<u64> {
+        let actions: Vec<Action> = files.into_iter().map(Action::Add).collect();
         let txns: Vec<Transaction> =
             positions.iter().map(|(&p, &o)| Transaction::new(self.app_id(p), o)).collect();
         let properties = CommitProperties::default()
@@ -297,5 +307,41 @@ impl Table {
             }
         }
         Ok(version)
+    }
+}
+
+/// Data files being written for one commit.
+pub struct TableWriter {
+    inner: RecordBatchWriter,
+    location: String,
+    rows: usize,
+}
+
+impl TableWriter {
+    /// Encodes and uploads a batch (split by partition values).
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.rows += batch.num_rows();
+        let location = &self.location;
+        self.inner
+            .write(batch.clone())
+            .await
+            .map_err(|source| DeltaError::Write { location: location.clone(), source: Box::new(source) })
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Closes the files; their `add` actions go to [`Table::commit`].
+    pub async fn finish(mut self) -> Result<Vec<Add>> {
+        if self.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let location = self.location.clone();
+        self.inner.flush().await.map_err(|source| DeltaError::Write { location, source: Box::new(source) })
     }
 }

@@ -135,9 +135,11 @@ impl Consumer {
                 ("auto.offset.reset", "earliest"),
                 ("session.timeout.ms", "10000"),
                 ("heartbeat.interval.ms", "2000"),
-                ("fetch.max.bytes", "52428800"),
-                ("max.partition.fetch.bytes", "10485760"),
-                ("queued.min.messages", "200000"),
+                // Prefetch per partition: enough to keep the reader busy, bounded in memory.
+                ("fetch.max.bytes", "16777216"),
+                ("max.partition.fetch.bytes", "4194304"),
+                ("queued.min.messages", "20000"),
+                ("queued.max.messages.kbytes", "8192"),
                 ("statistics.interval.ms", "5000"),
             ])
             .create_with_context(context)

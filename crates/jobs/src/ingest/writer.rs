@@ -1,7 +1,9 @@
 //! The writer stage of ingest: buffers chunks and commits them to the two tables.
 //!
-//! In: [`Chunk`]s from the reader. Out: commits. A commit happens on max rows, max bytes, max
-//! latency, shutdown or idle exit. Before committing, the clean table is reloaded: if it
+//! In: [`Chunk`]s from the reader. Out: commits. Clean rows are encoded into Parquet and
+//! uploaded as chunks arrive, so the buffer holds compressed files rather than Arrow arrays;
+//! the commit makes them visible. A commit happens on max rows, max bytes, max latency,
+//! shutdown or idle exit. Before committing, the clean table is reloaded: if it
 //! already holds a position at or past the first buffered offset of a partition (another
 //! writer, or a commit whose answer was lost), the buffer is dropped and the reader seeks back
 //! to the table's positions. Quarantine rows at or below the quarantine table's own position
@@ -19,7 +21,7 @@ use txpipe_connectors::delta::arrow::array::{
     Array, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
 };
 use txpipe_connectors::delta::arrow::compute::filter_record_batch;
-use txpipe_connectors::delta::{DeltaError, Table};
+use txpipe_connectors::delta::{Add, DeltaError, Table, TableWriter};
 use txpipe_connectors::kafka::StartAt;
 use txpipe_connectors::retry::Backoff;
 
@@ -30,7 +32,11 @@ use crate::{JobError, Result, Shutdown};
 #[derive(Default)]
 struct Buffer {
     generation: u64,
-    clean: Vec<RecordBatch>,
+    /// Clean rows, being written as data files.
+    clean: Option<TableWriter>,
+    /// The finished data files, kept while their commit is retried.
+    files: Option<Vec<Add>>,
+    clean_rows: usize,
     quarantine: Vec<RecordBatch>,
     ids: HashSet<String>,
     first: Positions,
@@ -47,7 +53,8 @@ impl Buffer {
         self.messages == 0
     }
 
-    fn add(&mut self, chunk: Chunk, id_column: usize) -> Result<()> {
+    /// Takes in a chunk's positions and quarantine rows; returns its clean rows, deduplicated.
+    fn add(&mut self, chunk: Chunk, id_column: usize) -> Result<RecordBatch> {
         self.since.get_or_insert(chunk.since);
         for (&p, &o) in &chunk.first {
             self.first.entry(p).or_insert(o);
@@ -55,11 +62,17 @@ impl Buffer {
         self.last.extend(chunk.last);
         let clean = self.dedup(chunk.clean, id_column)?;
         self.rows += clean.num_rows() + chunk.quarantine.num_rows();
-        self.clean.push(clean);
+        self.clean_rows += clean.num_rows();
         self.quarantine.push(chunk.quarantine);
         self.bytes += chunk.bytes;
         self.messages += chunk.messages;
-        Ok(())
+        Ok(clean)
+    }
+
+    /// Whether a failed commit can be tried again: the clean rows are still in a writer or in
+    /// finished files (or there are none).
+    fn can_retry(&self) -> bool {
+        self.files.is_some() || self.clean.is_some() || self.clean_rows == 0
     }
 
     /// Keeps the first row of each transaction id in the buffer.
@@ -142,7 +155,7 @@ impl Writer {
             tokio::select! {
                 chunk = chunks.recv() => match chunk {
                     Some(chunk) => {
-                        self.accept(chunk)?;
+                        self.accept(chunk).await?;
                         if self.buffer.rows >= self.settings.flush_rows || self.buffer.bytes >= self.settings.flush_bytes {
                             self.flush().await?;
                         }
@@ -187,12 +200,12 @@ impl Writer {
         // Let the reader hand over what it holds, then commit everything.
         stop_reader.store(true, Ordering::SeqCst);
         while let Some(chunk) = chunks.recv().await {
-            self.accept(chunk)?;
+            self.accept(chunk).await?;
         }
         self.flush().await
     }
 
-    fn accept(&mut self, chunk: Chunk) -> Result<()> {
+    async fn accept(&mut self, chunk: Chunk) -> Result<()> {
         if chunk.generation < self.floor.max(self.buffer.generation) {
             // Built before a seek or rebalance that this buffer already follows.
             self.report.discarded += chunk.messages;
@@ -203,7 +216,23 @@ impl Writer {
             self.discard("rebalance");
         }
         self.buffer.generation = chunk.generation;
-        self.buffer.add(chunk, self.id_column)
+        let clean = self.buffer.add(chunk, self.id_column)?;
+        if clean.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.buffer.clean.is_none() {
+            self.buffer.clean = Some(self.clean.writer()?);
+        }
+        let written = match self.buffer.clean.as_mut() {
+            Some(w) => w.write(&clean).await,
+            None => Ok(()),
+        };
+        if let Err(e) = written {
+            // The files of this buffer are lost; its rows will be read again.
+            tracing::warn!(error = %e, "writing data files failed");
+            return self.reseek().await;
+        }
+        Ok(())
     }
 
     fn discard(&mut self, why: &str) {
@@ -227,11 +256,16 @@ impl Writer {
         loop {
             match self.try_flush().await {
                 Ok(()) => return Ok(()),
-                Err(e) if e.retryable() => {
+                // Retry while the finished files are kept (or nothing was finished yet).
+                Err(e) if e.retryable() && self.buffer.can_retry() => {
                     let wait = backoff.delay(attempt);
                     tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, error = %e, "commit failed; keeping the rows and retrying");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
+                }
+                Err(e) if e.retryable() => {
+                    tracing::warn!(error = %e, "finishing data files failed; reading the rows again");
+                    return self.reseek().await;
                 }
                 Err(DeltaError::Conflict { location }) => {
                     tracing::warn!(%location, "another writer committed these partitions");
@@ -276,8 +310,14 @@ impl Writer {
             self.report.quarantine_version =
                 Some(self.quarantine.append(&bad, &positions, metadata.clone()).await?);
         }
-        let version = self.clean.append(&self.buffer.clean, &self.buffer.last, metadata).await?;
-        let good_rows: usize = self.buffer.clean.iter().map(RecordBatch::num_rows).sum();
+        let files = match (self.buffer.files.take(), self.buffer.clean.take()) {
+            (Some(files), _) => files,
+            (None, Some(writer)) => writer.finish().await?,
+            (None, None) => Vec::new(),
+        };
+        self.buffer.files = Some(files.clone());
+        let version = self.clean.commit(files, &self.buffer.last, metadata).await?;
+        let good_rows = self.buffer.clean_rows;
         let latency = started.elapsed();
         let buffered_for = self.buffer.since.map(|s| s.elapsed()).unwrap_or_default();
         tracing::debug!(
