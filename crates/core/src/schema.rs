@@ -93,7 +93,6 @@ impl Default for SchemaConfig {
 #[derive(Debug, Clone)]
 pub struct Schema {
     fields: Vec<FieldConfig>,
-    index: HashMap<String, usize>,
     id: usize,
     time: usize,
     label: Option<usize>,
@@ -165,7 +164,7 @@ impl Schema {
         {
             return bad(format!("schema.key_field: `{}` must be a string field", fields[k].name));
         }
-        Ok(Schema { fields, index, id, time, label, key })
+        Ok(Schema { fields, id, time, label, key })
     }
 
     /// The built-in default schema.
@@ -178,9 +177,10 @@ impl Schema {
         &self.fields
     }
 
-    /// Position of a field by name.
+    /// Position of a field by name (a scan: schemas are short, and this runs for every key of
+    /// every event, where hashing costs more than comparing).
     pub fn position(&self, name: &str) -> Option<usize> {
-        self.index.get(name).copied()
+        self.fields.iter().position(|f| f.name == name)
     }
 
     /// Position of the id field.

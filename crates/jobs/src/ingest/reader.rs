@@ -269,6 +269,7 @@ fn read_loop(
                 activity.assigned.store(true, Ordering::Relaxed);
             }
         }
+        let polled_nothing = polled.is_none();
         match polled {
             Some(Ok(m)) => {
                 activity.touch();
@@ -283,7 +284,9 @@ fn read_loop(
             Some(Err(_)) | None => {}
         }
         let full = chunk.messages as usize >= chunk_rows;
-        let due = chunk.messages > 0 && chunk.since.elapsed() >= CHUNK_AGE;
+        // Reading the clock per message costs more than parsing some; look every 256.
+        let look = polled_nothing || chunk.messages % 256 == 0;
+        let due = look && chunk.messages > 0 && chunk.since.elapsed() >= CHUNK_AGE;
         if (full || due) && chunks.blocking_send(chunk.finish(&schema)?).is_err() {
             // The writer is gone: it stopped, and says why.
             return Ok(ReaderOutcome { read });

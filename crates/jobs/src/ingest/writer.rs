@@ -10,7 +10,7 @@
 //! are already there (a crash between the two commits) and are skipped. The quarantine commit
 //! comes first, so that the clean table's positions never run ahead of it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -38,7 +38,8 @@ struct Buffer {
     files: Option<Vec<Add>>,
     clean_rows: usize,
     quarantine: Vec<RecordBatch>,
-    ids: HashSet<String>,
+    /// Ids in this buffer (a fast, non-keyed hash: ids are not attacker-chosen keys here).
+    ids: hashbrown::HashSet<Box<str>>,
     first: Positions,
     last: Positions,
     rows: usize,
@@ -82,8 +83,7 @@ impl Buffer {
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| JobError::Internal("the id column is not a string column".into()))?;
-        let keep: Vec<bool> =
-            ids.iter().map(|id| id.is_none_or(|id| self.ids.insert(id.to_string()))).collect();
+        let keep: Vec<bool> = ids.iter().map(|id| id.is_none_or(|id| self.ids.insert(id.into()))).collect();
         let dropped = keep.iter().filter(|k| !**k).count();
         if dropped == 0 {
             return Ok(batch);
