@@ -53,8 +53,8 @@ def latency(path):
         for rel, _ in added_files(path, h["version"]):
             files += 1
             times = pq.read_table(os.path.join(path, rel), columns=["event_time"]).column("event_time")
-            micros = pc.cast(times, "int64").to_numpy()
-            latencies.extend(((commit_us - micros) / 1e6).tolist())
+            micros = pc.cast(times, "int64").to_pylist()
+            latencies.extend((commit_us - m) / 1e6 for m in micros)
     latencies.sort()
     n = len(latencies)
     span_s = (history[-1]["timestamp"] - history[0]["timestamp"]) / 1000 or 1
