@@ -149,14 +149,27 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 
+/// Lines of dependencies that are noise at txpipe's levels (delta-rs logs every commit and scan
+/// at info); delta-rs's kernel also reports a table
+/// that does not exist yet as an error before txpipe creates it, and its writer warns on every
+/// commit that binary columns get no statistics.
+const QUIET: &str = "buoyant_kernel=warn,buoyant_kernel::snapshot=off,deltalake_core=warn,deltalake_core::writer::stats=error";
+
 fn init_logging(config: &Config) -> Result<()> {
-    let filter = if !config.log.level.is_empty() {
-        EnvFilter::try_new(&config.log.level)
-            .map_err(|e| anyhow::anyhow!("invalid setting `log.level` = {:?}: {e}", config.log.level))?
+    use std::io::IsTerminal;
+    let level = config.log.level.trim();
+    let filter = if !level.is_empty() {
+        // A bare level keeps the quiet list; a full filter is taken as given.
+        let directives = if level.contains('=') { level.to_string() } else { format!("{level},{QUIET}") };
+        EnvFilter::try_new(&directives)
+            .map_err(|e| anyhow::anyhow!("invalid setting `log.level` = {level:?}: {e}"))?
     } else {
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET}")))
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let installed = if config.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
     installed.map_err(|e| anyhow::anyhow!("setting up logging: {e}"))
 }
