@@ -285,7 +285,7 @@ fn read_loop(
         }
         let full = chunk.messages as usize >= chunk_rows;
         // Reading the clock per message costs more than parsing some; look every 256.
-        let look = polled_nothing || chunk.messages % 256 == 0;
+        let look = polled_nothing || chunk.messages.is_multiple_of(256);
         let due = look && chunk.messages > 0 && chunk.since.elapsed() >= CHUNK_AGE;
         if (full || due) && chunks.blocking_send(chunk.finish(&schema)?).is_err() {
             // The writer is gone: it stopped, and says why.
