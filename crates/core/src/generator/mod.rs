@@ -13,7 +13,7 @@ mod render;
 mod world;
 
 pub use render::{MalformedKind, Source};
-pub use world::{CATEGORIES, CHANNELS, COUNTRIES, Draw, WorldConfig};
+pub use world::{CATEGORIES, CHANNELS, COUNTRIES, Draw};
 
 use crate::error::{Error, Result};
 use crate::schema::Schema;
@@ -112,15 +112,7 @@ impl Generator {
         if config.merchants == 0 {
             return Err(Error::config("produce.merchants", 0, "at least 1"));
         }
-        let world = World::new(&WorldConfig {
-            seed: config.seed,
-            count: config.count,
-            start_us: config.start_us,
-            span_us: config.span_us,
-            accounts: config.accounts,
-            merchants: config.merchants,
-            fraud_rate: config.fraud_rate,
-        });
+        let world = World::new(&config);
         let renderer = Renderer::new(schema, &config)?;
         Ok(Generator { world, renderer, config })
     }

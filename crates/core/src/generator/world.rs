@@ -22,6 +22,8 @@
 //! categories and online: patterns that per-account velocity and amount features can learn.
 
 use rand::{Rng, SeedableRng};
+
+use super::GeneratorConfig;
 use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
 
@@ -77,22 +79,6 @@ const PILOT_EVENTS: u64 = 20_000;
 
 const HOUR_US: i64 = 3_600_000_000;
 
-/// The world's settings.
-#[derive(Debug, Clone)]
-pub struct WorldConfig {
-    pub seed: u64,
-    /// Events the run will produce; spreads them over the span.
-    pub count: u64,
-    /// First possible event time, UTC microseconds.
-    pub start_us: i64,
-    /// Length of the period the events cover, microseconds (> 0).
-    pub span_us: i64,
-    pub accounts: usize,
-    pub merchants: usize,
-    /// Mean true fraud probability, 0 … 1.
-    pub fraud_rate: f64,
-}
-
 #[derive(Debug, Clone)]
 struct Account {
     home: usize,
@@ -139,13 +125,13 @@ pub struct World {
 }
 
 impl World {
-    pub fn new(config: &WorldConfig) -> World {
+    pub fn new(config: &GeneratorConfig) -> World {
         let mut world = World::build(config);
         world.intercept = calibrate(config);
         world
     }
 
-    fn build(config: &WorldConfig) -> World {
+    fn build(config: &GeneratorConfig) -> World {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let accounts: Vec<Account> = (0..config.accounts.max(1))
             .map(|_| Account {
@@ -313,7 +299,7 @@ fn calendar(start: i64, span: i64) -> (Vec<(i64, i64, f64, f64)>, f64) {
 }
 
 /// Finds b0 such that the mean of sigmoid(b0 + x) over a pilot sample is the fraud rate.
-fn calibrate(config: &WorldConfig) -> f64 {
+fn calibrate(config: &GeneratorConfig) -> f64 {
     let rate = config.fraud_rate;
     if rate <= 0.0 {
         return f64::NEG_INFINITY;
@@ -321,7 +307,7 @@ fn calibrate(config: &WorldConfig) -> f64 {
     if rate >= 1.0 {
         return f64::INFINITY;
     }
-    let mut pilot = World::build(&WorldConfig {
+    let mut pilot = World::build(&GeneratorConfig {
         seed: config.seed ^ 0x9e37_79b9_7f4a_7c15,
         count: PILOT_EVENTS,
         ..config.clone()
