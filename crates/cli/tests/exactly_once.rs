@@ -220,3 +220,27 @@ fn two_processes_in_one_group_with_one_killed_midway() {
     wait_ok(b, "surviving ingest", Duration::from_secs(180));
     check_exactly_once(&rt, &tables, &config);
 }
+
+#[test]
+fn sigterm_commits_what_is_buffered_and_exits_0() {
+    let rt = runtime();
+    let topic = fresh_topic(&rt, "sigterm", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let tables = Tables::new(dir.path());
+    let config =
+        ProduceConfig { count: 3_000, rate: 0.0, seed: 79, malformed_rate: 0.02, ..ProduceConfig::default() };
+    wait_ok(produce(&topic, &config, &dir.path().join("produce.log")), "produce", Duration::from_secs(60));
+    // A flush latency of an hour: only the signal can cause the commit.
+    let settings = dir.path().join("txpipe.toml");
+    std::fs::write(&settings, "[ingest]\nflush_latency = \"1h\"\n").unwrap();
+    let mut ingest = tables.ingest(&topic, &topic, &[]);
+    ingest.arg("--config").arg(&settings);
+    let (child, log) = spawn(ingest, &dir.path().join("ingest.log"));
+    std::thread::sleep(Duration::from_secs(5));
+    let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    wait_ok((child, log.clone()), "ingest after SIGTERM", Duration::from_secs(30));
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(stderr.contains("in 1 commits"), "{stderr}");
+    check_exactly_once(&rt, &tables, &config);
+}
