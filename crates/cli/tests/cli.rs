@@ -160,3 +160,17 @@ fn stdout_output_and_json_logs() {
     let v: serde_json::Value = serde_json::from_str(log_line).unwrap();
     assert_eq!(v["fields"]["message"], "produce finished");
 }
+
+#[test]
+fn an_unreachable_broker_is_retried_then_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("txpipe.toml");
+    std::fs::write(&file, "[kafka]\nconnect_attempts = 2\n").unwrap();
+    // Port 1 on loopback: nothing listens there.
+    let (code, _, err) =
+        run(txpipe().args(["produce", "--count", "1", "--brokers", "127.0.0.1:1", "--config"]).arg(&file));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("retrying") && err.contains("attempt=1"), "one retry is logged: {err}");
+    assert!(err.contains("error: kafka broker 127.0.0.1:1 did not answer"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

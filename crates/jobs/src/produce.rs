@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use txpipe_connectors::kafka::{self, KafkaConfig, Producer};
-use txpipe_connectors::retry::Backoff;
 use txpipe_core::generator::{Generator, GeneratorConfig, Truth};
 use txpipe_core::schema::Schema;
 use txpipe_core::units::{parse_duration_us, parse_time_us};
@@ -185,7 +184,7 @@ pub async fn run(job: ProduceJob, shutdown: Shutdown) -> Result<ProduceReport> {
     let generator = Generator::new(&job.schema, job.settings.generator.clone())?;
     let sink = match &job.settings.output {
         Output::Kafka => {
-            let partitions = kafka::ensure_topic(&job.kafka, Backoff::default()).await?;
+            let partitions = kafka::ensure_topic(&job.kafka, job.kafka.connect_backoff()).await?;
             tracing::info!(topic = %job.kafka.topic, partitions, brokers = %job.kafka.brokers, "producing to kafka");
             Sink::Kafka(Producer::new(&job.kafka)?)
         }

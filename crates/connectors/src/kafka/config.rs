@@ -18,6 +18,9 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Partitions of a topic that txpipe creates when it is missing.
     pub partitions: i32,
+    /// Attempts to reach the brokers at start (exponential backoff from 0.2 s to 10 s between
+    /// them) before giving up with an error.
+    pub connect_attempts: u32,
     /// Extra librdkafka properties passed as given (security, SASL, tuning); they override
     /// txpipe's own.
     pub properties: BTreeMap<String, String>,
@@ -30,6 +33,7 @@ impl Default for KafkaConfig {
             topic: "transactions".into(),
             group_id: "txpipe-ingest".into(),
             partitions: 4,
+            connect_attempts: 8,
             properties: BTreeMap::new(),
         }
     }
@@ -63,7 +67,15 @@ impl KafkaConfig {
                 "a whole number from 1 to 10000",
             ));
         }
+        if self.connect_attempts == 0 {
+            return Err(ConfigError::config("kafka.connect_attempts", 0, "at least 1"));
+        }
         Ok(())
+    }
+
+    /// How to retry reaching the brokers at start.
+    pub fn connect_backoff(&self) -> crate::retry::Backoff {
+        crate::retry::Backoff { attempts: self.connect_attempts, ..crate::retry::Backoff::default() }
     }
 
     /// A librdkafka configuration with the brokers, the given defaults, then the user's

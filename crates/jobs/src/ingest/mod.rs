@@ -188,7 +188,7 @@ async fn open_tables(job: &IngestJob) -> Result<(Table, Table)> {
 /// Runs ingest until `shutdown` (or idle, with `exit_when_idle`); commits what it holds first.
 pub async fn run(job: IngestJob, shutdown: Shutdown) -> Result<IngestReport> {
     let started = std::time::Instant::now();
-    if txpipe_connectors::kafka::wait_for_broker(&job.kafka, Backoff::default()).await?.is_none() {
+    if txpipe_connectors::kafka::wait_for_broker(&job.kafka, job.kafka.connect_backoff()).await?.is_none() {
         tracing::warn!(topic = %job.kafka.topic, "topic does not exist yet; waiting for it");
     }
     let (clean, quarantine) = open_tables(&job).await?;
