@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use txpipe_connectors::delta::arrow::array::{Array, Int32Array, Int64Array, StringArray};
+use txpipe_connectors::delta::arrow::array::{Array, Int32Array, Int64Array};
 use txpipe_connectors::kafka::{self, KafkaConfig};
 use txpipe_core::generator::Generator;
 use txpipe_core::schema::Schema;
@@ -130,19 +130,7 @@ fn check_exactly_once(rt: &tokio::runtime::Runtime, tables: &Tables, config: &Pr
         })
     };
     let clean = read(&tables.clean);
-    let mut ids: Vec<String> = clean
-        .iter()
-        .flat_map(|b| {
-            let c = b
-                .column_by_name("transaction_id")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .unwrap()
-                .clone();
-            (0..c.len()).map(move |i| c.value(i).to_string()).collect::<Vec<_>>()
-        })
-        .collect();
+    let mut ids = txpipe_connectors::delta::string_values(&clean, "transaction_id").unwrap();
     ids.sort();
     let dups = ids.windows(2).filter(|w| w[0] == w[1]).count();
     assert_eq!(dups, 0, "duplicated transaction ids in the clean table");

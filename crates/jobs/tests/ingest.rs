@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use txpipe_connectors::delta::TablesConfig;
-use txpipe_connectors::delta::arrow::array::{Array, Int64Array, StringArray};
+use txpipe_connectors::delta::arrow::array::Int64Array;
 use txpipe_connectors::kafka::KafkaConfig;
 use txpipe_core::generator::{Generator, MalformedKind};
 use txpipe_core::schema::Schema;
@@ -82,12 +82,7 @@ mod deltalake_table {
 }
 
 fn strings(t: &deltalake_table::Table, column: &str) -> Vec<String> {
-    t.0.iter()
-        .flat_map(|b| {
-            let c = b.column_by_name(column).unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
-            (0..c.len()).map(move |i| c.value(i).to_string()).collect::<Vec<_>>()
-        })
-        .collect()
+    txpipe_connectors::delta::string_values(&t.0, column).expect("a string column")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

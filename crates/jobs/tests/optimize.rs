@@ -3,7 +3,6 @@
 
 mod common;
 
-use txpipe_connectors::delta::arrow::array::{Array, StringArray};
 use txpipe_connectors::delta::{self, TablesConfig};
 use txpipe_core::schema::Schema;
 use txpipe_jobs::Shutdown;
@@ -13,21 +12,8 @@ use txpipe_jobs::produce::{self, ProduceConfig, ProduceJob};
 
 async fn ids(location: &str) -> Vec<String> {
     let table = delta::open_existing(location, &Default::default()).await.unwrap();
-    let mut out: Vec<String> = delta::read_rows(&table)
-        .await
-        .unwrap()
-        .iter()
-        .flat_map(|b| {
-            let c = b
-                .column_by_name("transaction_id")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .unwrap()
-                .clone();
-            (0..c.len()).map(move |i| c.value(i).to_string()).collect::<Vec<_>>()
-        })
-        .collect();
+    let rows = delta::read_rows(&table).await.unwrap();
+    let mut out = delta::string_values(&rows, "transaction_id").unwrap();
     out.sort();
     out
 }

@@ -84,3 +84,15 @@ pub async fn read_rows(table: &DeltaTable) -> Result<Vec<RecordBatch>, DeltaTabl
     }
     Ok(out)
 }
+
+/// The values of a string column across batches (nulls left out); None when a batch lacks the
+/// column or it is not a string column.
+pub fn string_values(batches: &[RecordBatch], column: &str) -> Option<Vec<String>> {
+    use deltalake::arrow::array::{Array, StringArray};
+    let mut out = Vec::new();
+    for b in batches {
+        let c = b.column_by_name(column)?.as_any().downcast_ref::<StringArray>()?;
+        out.extend(c.iter().flatten().map(str::to_string));
+    }
+    Some(out)
+}
