@@ -182,6 +182,35 @@ impl<'de> Visitor<'de> for RawVisitor {
     }
 }
 
+/// Reads one object key and answers its field position, without copying it.
+struct KeySeed<'s> {
+    schema: &'s Schema,
+    /// The position to try first: events usually list their keys in schema order.
+    hint: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    // Escaped keys arrive here, unescaped into the parser's scratch space.
+    fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
+        let fields = self.schema.fields();
+        if fields.get(self.hint).is_some_and(|f| f.name == key) {
+            return Ok(Some(self.hint));
+        }
+        Ok(self.schema.position(key))
+    }
+}
+
 /// Reads the top-level object, keeping only the schema's fields.
 struct EventVisitor<'s, 'v, 'de> {
     schema: &'s Schema,
@@ -194,10 +223,14 @@ impl<'de> Visitor<'de> for EventVisitor<'_, '_, 'de> {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match self.schema.position(&key) {
+        let mut hint = 0;
+        while let Some(position) = map.next_key_seed(KeySeed { schema: self.schema, hint })? {
+            match position {
                 // A repeated key keeps its last value, as most JSON readers do.
-                Some(i) => self.slots[i] = map.next_value_seed(RawSeed)?,
+                Some(i) => {
+                    self.slots[i] = map.next_value_seed(RawSeed)?;
+                    hint = i + 1;
+                }
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -227,7 +260,10 @@ impl EventParser {
         out.clear();
         let mut slots: Vec<Raw<'a>> = Vec::with_capacity(self.schema.fields().len());
         slots.resize_with(self.schema.fields().len(), || Raw::Missing);
-        let mut de = serde_json::Deserializer::from_slice(payload);
+        // One UTF-8 check of the whole payload, rather than one per string inside it.
+        let text = std::str::from_utf8(payload)
+            .map_err(|e| reject(RejectKind::InvalidJson, format!("not valid JSON: not UTF-8 ({e})")))?;
+        let mut de = serde_json::Deserializer::from_str(text);
         let read = de
             .deserialize_any(EventVisitor { schema: &self.schema, slots: &mut slots })
             .and_then(|()| de.end());
