@@ -13,6 +13,9 @@ use deltalake::kernel::transaction::{
     CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
 };
 use deltalake::kernel::{Action, Add, DataType, StructField, Transaction};
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError, TableProperty, ensure_table_uri};
@@ -103,6 +106,8 @@ pub struct Table {
     location: String,
     app_prefix: String,
     partition_by: Option<Vec<String>>,
+    /// Columns whose values are (nearly) all distinct: written without a dictionary.
+    distinct: Vec<String>,
 }
 
 impl Table {
@@ -160,6 +165,7 @@ impl Table {
             location: location.to_string(),
             app_prefix: app_prefix.to_string(),
             partition_by: partition_by.map(|p| vec![p.to_string()]),
+            distinct: Vec::new(),
         };
         this.check_layout(&layout)?;
         Ok(this)
@@ -193,6 +199,13 @@ impl Table {
 
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// Declares columns whose values are (nearly) all distinct, such as ids: their data is
+    /// written without a dictionary.
+    pub fn with_distinct_columns(mut self, columns: &[&str]) -> Table {
+        self.distinct = columns.iter().map(|c| c.to_string()).collect();
+        self
     }
 
     /// The loaded version.
@@ -234,8 +247,16 @@ impl Table {
     /// as they come; nothing is visible until [`Table::commit`] gets its files.
     pub fn writer(&self) -> Result<TableWriter> {
         let location = self.location.clone();
+        let mut properties = WriterProperties::builder()
+            .set_created_by(format!("txpipe {}", env!("CARGO_PKG_VERSION")))
+            .set_compression(Compression::SNAPPY);
+        for column in &self.distinct {
+            // A dictionary of unique values only costs time before the writer gives it up.
+            properties = properties.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false);
+        }
         let inner = RecordBatchWriter::for_table(&self.table)
-            .map_err(|source| DeltaError::Write { location: location.clone(), source: Box::new(source) })?;
+            .map_err(|source| DeltaError::Write { location: location.clone(), source: Box::new(source) })?
+            .with_writer_properties(properties.build());
         Ok(TableWriter { inner, location, rows: 0 })
     }
 

@@ -12,6 +12,7 @@
 //! only if no other writer stored a position at or past its first buffered offset; otherwise it
 //! drops the buffer and the reader seeks back to the table's positions.
 
+mod dedup;
 mod reader;
 mod writer;
 
@@ -169,7 +170,8 @@ async fn open_tables(job: &IngestJob) -> Result<(Table, Table)> {
                 interval,
             )
         })
-        .await?;
+        .await?
+        .with_distinct_columns(&[job.schema.fields()[job.schema.id_index()].name.as_str()]);
     let quarantine = backoff
         .retry("opening the quarantine table", DeltaError::retryable, || {
             Table::open_or_create(
@@ -181,7 +183,8 @@ async fn open_tables(job: &IngestJob) -> Result<(Table, Table)> {
                 interval,
             )
         })
-        .await?;
+        .await?
+        .with_distinct_columns(&["raw", "raw_bytes"]);
     Ok((clean, quarantine))
 }
 

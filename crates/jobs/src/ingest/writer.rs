@@ -25,6 +25,7 @@ use txpipe_connectors::delta::{Add, DeltaError, Table, TableWriter};
 use txpipe_connectors::kafka::StartAt;
 use txpipe_connectors::retry::Backoff;
 
+use super::dedup::IdSet;
 use super::reader::{Activity, Chunk, Control};
 use super::{IngestReport, IngestSettings, Positions};
 use crate::{JobError, Result, Shutdown};
@@ -38,8 +39,8 @@ struct Buffer {
     files: Option<Vec<Add>>,
     clean_rows: usize,
     quarantine: Vec<RecordBatch>,
-    /// Ids in this buffer (a fast, non-keyed hash: ids are not attacker-chosen keys here).
-    ids: hashbrown::HashSet<Box<str>>,
+    /// Ids in this buffer.
+    ids: IdSet,
     first: Positions,
     last: Positions,
     rows: usize,
@@ -83,7 +84,7 @@ impl Buffer {
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| JobError::Internal("the id column is not a string column".into()))?;
-        let keep: Vec<bool> = ids.iter().map(|id| id.is_none_or(|id| self.ids.insert(id.into()))).collect();
+        let keep = self.ids.insert_column(ids);
         let dropped = keep.iter().filter(|k| !**k).count();
         if dropped == 0 {
             return Ok(batch);
@@ -342,7 +343,9 @@ impl Writer {
         let committed: HashMap<i32, i64> = self.buffer.last.iter().map(|(&p, &o)| (p, o)).collect();
         let _ = self.control.send(Control::Committed(committed));
         let generation = self.buffer.generation;
-        self.buffer = Buffer { generation, ..Buffer::default() };
+        let mut ids = std::mem::take(&mut self.buffer.ids);
+        ids.clear();
+        self.buffer = Buffer { generation, ids, ..Buffer::default() };
         Ok(())
     }
 
