@@ -26,6 +26,10 @@ use crate::{JobError, Result};
 const CHUNK_ROWS: usize = 16_384;
 /// Age at which a partial chunk is handed over anyway.
 const CHUNK_AGE: Duration = Duration::from_millis(100);
+/// How long one poll waits when nothing came last time.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+/// Messages between two looks at the control channel and the consumer's state.
+const HOUSEKEEPING_EVERY: u32 = 256;
 
 /// Parsed messages of one consumer generation.
 pub(super) struct Chunk {
@@ -246,18 +250,26 @@ fn read_loop(
     let mut chunk = ChunkBuilder::new(&schema, consumer.generation());
     let mut read = 0u64;
     let mut last_error_log: Option<Instant> = None;
+    // Messages since the control channel and the consumer's state were last looked at.
+    let mut unchecked = HOUSEKEEPING_EVERY;
+    let mut polled_nothing = true;
     while !stop.load(Ordering::SeqCst) {
-        if let Some(failure) = consumer.failure() {
-            return Err(JobError::Internal(format!("kafka consumer: {failure}")));
-        }
-        activity.lag.store(consumer.lag(), Ordering::Relaxed);
-        while let Ok(c) = control.try_recv() {
-            match c {
-                Control::Reseek(starts) => consumer.seek(&starts)?,
-                Control::Committed(positions) => consumer.commit_hint(&positions),
+        if polled_nothing || unchecked >= HOUSEKEEPING_EVERY {
+            unchecked = 0;
+            if let Some(failure) = consumer.failure() {
+                return Err(JobError::Internal(format!("kafka consumer: {failure}")));
+            }
+            activity.lag.store(consumer.lag(), Ordering::Relaxed);
+            while let Ok(c) = control.try_recv() {
+                match c {
+                    Control::Reseek(starts) => consumer.seek(&starts)?,
+                    Control::Committed(positions) => consumer.commit_hint(&positions),
+                }
             }
         }
-        let polled = consumer.poll(Duration::from_millis(20));
+        unchecked += 1;
+        // While messages flow, ask without waiting (no clock reads in the client).
+        let polled = consumer.poll(if polled_nothing { IDLE_POLL } else { Duration::ZERO });
         // A rebalance or seek (inside poll or just above) starts a new generation: what was
         // built before it will be read again from the table's positions.
         let generation = consumer.generation();
@@ -269,11 +281,17 @@ fn read_loop(
                 activity.assigned.store(true, Ordering::Relaxed);
             }
         }
-        let polled_nothing = polled.is_none();
+        // The end of a run of messages: idleness counts from here.
+        if polled.is_none() && !polled_nothing {
+            activity.touch();
+        }
+        polled_nothing = polled.is_none();
         match polled {
             Some(Ok(m)) => {
-                activity.touch();
                 read += 1;
+                if read.is_multiple_of(256) {
+                    activity.touch();
+                }
                 chunk.push(&parser, &topic, m.partition(), m.offset(), m.payload().unwrap_or_default());
             }
             // librdkafka reconnects by itself; say so at most every 5 s.
