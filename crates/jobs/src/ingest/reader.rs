@@ -1,49 +1,34 @@
-//! The reader stage of ingest: one thread that polls the consumer, parses each message against
-//! the schema and builds Arrow chunks of clean and quarantined rows.
+//! The reader stage of ingest: one thread that polls the consumer and copies messages into
+//! batches for the parse stage.
 //!
 //! In: Kafka messages; control messages from the writer (seek back to the table's positions,
-//! committed positions as a group-offset hint). Out: [`Chunk`]s tagged with the consumer's
-//! generation, so that the writer can drop chunks built before a rebalance or a seek.
+//! committed positions as a group-offset hint). Out: [`RawBatch`]es tagged with the consumer's
+//! generation, so that the writer can drop what was read before a rebalance or a seek.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
-use txpipe_connectors::delta::arrow::array::RecordBatch;
-use txpipe_connectors::delta::{CleanRows, DeltaError, QuarantineRows, Table};
+use txpipe_connectors::delta::{DeltaError, Table};
 use txpipe_connectors::kafka::{Consumer, KafkaConfig, OffsetSource, StartAt};
 use txpipe_connectors::retry::Backoff;
-use txpipe_core::event::EventParser;
 use txpipe_core::schema::Schema;
 
+use super::parse::{self, Chunk, RawBatch};
 use crate::{JobError, Result};
 
-/// Rows per chunk handed to the writer (fewer when the flush size is smaller).
-const CHUNK_ROWS: usize = 16_384;
-/// Age at which a partial chunk is handed over anyway.
-const CHUNK_AGE: Duration = Duration::from_millis(100);
+/// Messages per batch handed to the parse stage (fewer when the flush size is smaller).
+const BATCH_ROWS: usize = 16_384;
+/// Age at which a partial batch is handed over anyway.
+const BATCH_AGE: Duration = Duration::from_millis(100);
 /// How long one poll waits when nothing came last time.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 /// Messages between two looks at the control channel and the consumer's state.
 const HOUSEKEEPING_EVERY: u32 = 256;
-
-/// Parsed messages of one consumer generation.
-pub(super) struct Chunk {
-    pub generation: u64,
-    pub clean: RecordBatch,
-    pub quarantine: RecordBatch,
-    /// Per partition, the first and last offset in the chunk.
-    pub first: BTreeMap<i32, i64>,
-    pub last: BTreeMap<i32, i64>,
-    pub messages: u64,
-    pub bytes: u64,
-    /// When the first message of the chunk was read.
-    pub since: Instant,
-}
 
 /// Writer → reader.
 pub(super) enum Control {
@@ -103,6 +88,7 @@ pub(super) struct ReaderOutcome {
 
 pub(super) struct ReaderHandle {
     thread: JoinHandle<Result<ReaderOutcome>>,
+    parse: JoinHandle<Result<()>>,
     activity: Arc<Activity>,
 }
 
@@ -111,8 +97,15 @@ impl ReaderHandle {
         self.activity.clone()
     }
 
+    /// Waits for both threads; the reader's failure is reported first.
     pub fn join(self) -> Result<ReaderOutcome> {
-        self.thread.join().map_err(|_| JobError::Internal("the ingest reader thread panicked".into()))?
+        let read =
+            self.thread.join().map_err(|_| JobError::Internal("the ingest reader thread panicked".into()))?;
+        let parsed =
+            self.parse.join().map_err(|_| JobError::Internal("the ingest parse thread panicked".into()))?;
+        let read = read?;
+        parsed?;
+        Ok(read)
     }
 }
 
@@ -147,69 +140,7 @@ impl OffsetSource for TablePositions {
     }
 }
 
-struct ChunkBuilder {
-    generation: u64,
-    clean: CleanRows,
-    quarantine: QuarantineRows,
-    first: BTreeMap<i32, i64>,
-    last: BTreeMap<i32, i64>,
-    messages: u64,
-    bytes: u64,
-    since: Instant,
-}
-
-impl ChunkBuilder {
-    fn new(schema: &Schema, generation: u64) -> ChunkBuilder {
-        ChunkBuilder {
-            generation,
-            clean: CleanRows::new(schema),
-            quarantine: QuarantineRows::default(),
-            first: BTreeMap::new(),
-            last: BTreeMap::new(),
-            messages: 0,
-            bytes: 0,
-            since: Instant::now(),
-        }
-    }
-
-    fn push(&mut self, parser: &EventParser, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
-        if self.messages == 0 {
-            self.since = Instant::now();
-        }
-        self.first.entry(partition).or_insert(offset);
-        self.last.insert(partition, offset);
-        let mut values = Vec::with_capacity(parser.schema().fields().len());
-        match parser.parse(payload, &mut values) {
-            Ok(()) => self.clean.push(&values, partition, offset),
-            Err(reason) => self.quarantine.push(payload, &reason.to_string(), topic, partition, offset),
-        }
-        self.messages += 1;
-        self.bytes += payload.len() as u64;
-    }
-
-    fn finish(&mut self, schema: &Schema) -> Result<Chunk> {
-        let now = chrono::Utc::now().timestamp_micros();
-        let clean =
-            self.clean.finish(now).map_err(|e| JobError::Internal(format!("building a clean batch: {e}")))?;
-        let quarantine = self
-            .quarantine
-            .finish(now)
-            .map_err(|e| JobError::Internal(format!("building a quarantine batch: {e}")))?;
-        let done = std::mem::replace(self, ChunkBuilder::new(schema, self.generation));
-        Ok(Chunk {
-            generation: done.generation,
-            clean,
-            quarantine,
-            first: done.first,
-            last: done.last,
-            messages: done.messages,
-            bytes: done.bytes,
-            since: done.since,
-        })
-    }
-}
-
-/// Subscribes and starts the reader thread.
+/// Subscribes and starts the reader thread and the parse thread behind it.
 pub(super) fn spawn(setup: ReaderSetup) -> Result<ReaderHandle> {
     let source = Arc::new(TablePositions {
         table: Mutex::new(setup.positions),
@@ -223,31 +154,32 @@ pub(super) fn spawn(setup: ReaderSetup) -> Result<ReaderHandle> {
         assigned: AtomicBool::new(false),
         lag: AtomicI64::new(-1),
     });
+    // Two batches in flight: one being parsed, one ready.
+    let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel(1);
+    let parse = parse::spawn(setup.schema, setup.kafka.topic.clone(), raw_rx, setup.chunks)?;
     let thread_activity = activity.clone();
     let thread = std::thread::Builder::new()
         .name("ingest-reader".into())
         .spawn(move || {
-            let chunk_rows = CHUNK_ROWS.min(setup.flush_rows);
-            let io = (setup.chunks, setup.control, setup.stop);
-            read_loop(consumer, setup.kafka.topic, setup.schema, io, chunk_rows, &thread_activity)
+            let batch_rows = BATCH_ROWS.min(setup.flush_rows);
+            read_loop(consumer, (raw_tx, setup.control, setup.stop), batch_rows, &thread_activity)
         })
         .map_err(|e| JobError::Internal(format!("starting the reader thread: {e}")))?;
-    Ok(ReaderHandle { thread, activity })
+    Ok(ReaderHandle { thread, parse, activity })
 }
 
-/// Chunks out, control in, and the stop flag.
-type ReaderIo = (tokio::sync::mpsc::Sender<Chunk>, Receiver<Control>, Arc<AtomicBool>);
+/// Batches out, control in, and the stop flag.
+type ReaderIo = (SyncSender<RawBatch>, Receiver<Control>, Arc<AtomicBool>);
 
 fn read_loop(
     consumer: Consumer,
-    topic: String,
-    schema: Schema,
-    (chunks, control, stop): ReaderIo,
-    chunk_rows: usize,
+    (batches, control, stop): ReaderIo,
+    batch_rows: usize,
     activity: &Activity,
 ) -> Result<ReaderOutcome> {
-    let parser = EventParser::new(schema.clone());
-    let mut chunk = ChunkBuilder::new(&schema, consumer.generation());
+    // Room for a full batch of messages of the size seen so far.
+    let mut room = batch_rows * 256;
+    let mut batch = RawBatch::with_capacity(consumer.generation(), batch_rows, room);
     let mut read = 0u64;
     let mut last_error_log: Option<Instant> = None;
     // Messages since the control channel and the consumer's state were last looked at.
@@ -271,10 +203,10 @@ fn read_loop(
         // While messages flow, ask without waiting (no clock reads in the client).
         let polled = consumer.poll(if polled_nothing { IDLE_POLL } else { Duration::ZERO });
         // A rebalance or seek (inside poll or just above) starts a new generation: what was
-        // built before it will be read again from the table's positions.
+        // read before it will be read again from the table's positions.
         let generation = consumer.generation();
-        if generation != chunk.generation {
-            chunk = ChunkBuilder::new(&schema, generation);
+        if generation != batch.generation {
+            batch = RawBatch::with_capacity(generation, batch_rows, room);
             // New positions may bring input: idleness counts from here.
             activity.touch();
             if !consumer.assigned().is_empty() {
@@ -292,7 +224,7 @@ fn read_loop(
                 if read.is_multiple_of(256) {
                     activity.touch();
                 }
-                chunk.push(&parser, &topic, m.partition(), m.offset(), m.payload().unwrap_or_default());
+                batch.push(m.partition(), m.offset(), m.payload().unwrap_or_default());
             }
             // librdkafka reconnects by itself; say so at most every 5 s.
             Some(Err(e)) if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) => {
@@ -301,17 +233,21 @@ fn read_loop(
             }
             Some(Err(_)) | None => {}
         }
-        let full = chunk.messages as usize >= chunk_rows;
-        // Reading the clock per message costs more than parsing some; look every 256.
-        let look = polled_nothing || chunk.messages.is_multiple_of(256);
-        let due = look && chunk.messages > 0 && chunk.since.elapsed() >= CHUNK_AGE;
-        if (full || due) && chunks.blocking_send(chunk.finish(&schema)?).is_err() {
-            // The writer is gone: it stopped, and says why.
-            return Ok(ReaderOutcome { read });
+        let full = batch.len() >= batch_rows;
+        // Reading the clock per message costs more than copying some; look every 256.
+        let look = polled_nothing || batch.len().is_multiple_of(256);
+        let due = look && !batch.is_empty() && batch.since.elapsed() >= BATCH_AGE;
+        if full || due {
+            room = room.max(batch.bytes());
+            let next = RawBatch::with_capacity(batch.generation, batch_rows, room);
+            if batches.send(std::mem::replace(&mut batch, next)).is_err() {
+                // The parse thread is gone: the writer stopped, and says why.
+                return Ok(ReaderOutcome { read });
+            }
         }
     }
-    if chunk.messages > 0 {
-        let _ = chunks.blocking_send(chunk.finish(&schema)?);
+    if !batch.is_empty() {
+        let _ = batches.send(batch);
     }
     Ok(ReaderOutcome { read })
 }

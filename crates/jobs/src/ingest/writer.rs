@@ -26,7 +26,8 @@ use txpipe_connectors::kafka::StartAt;
 use txpipe_connectors::retry::Backoff;
 
 use super::dedup::IdSet;
-use super::reader::{Activity, Chunk, Control};
+use super::parse::Chunk;
+use super::reader::{Activity, Control};
 use super::{IngestReport, IngestSettings, Positions};
 use crate::{JobError, Result, Shutdown};
 
