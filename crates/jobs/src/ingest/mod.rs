@@ -13,6 +13,7 @@
 //! drops the buffer and the reader seeks back to the table's positions.
 
 mod dedup;
+mod parse;
 mod reader;
 mod writer;
 
@@ -28,7 +29,7 @@ use txpipe_connectors::delta::{
 use txpipe_connectors::kafka::{KafkaConfig, StartAt};
 use txpipe_connectors::retry::Backoff;
 use txpipe_core::Error as ConfigError;
-use txpipe_core::schema::Schema;
+use txpipe_core::schema::{FieldType, Schema};
 use txpipe_core::units::parse_duration_us;
 
 use crate::{Result, Shutdown};
@@ -56,8 +57,8 @@ pub struct IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
-            flush_rows: 500_000,
-            flush_bytes: 128 << 20,
+            flush_rows: 250_000,
+            flush_bytes: 64 << 20,
             flush_latency: "1s".into(),
             start: "earliest".into(),
             checkpoint_interval: 100,
@@ -154,6 +155,23 @@ pub fn app_prefix(topic: &str) -> String {
     format!("txpipe-ingest:{topic}")
 }
 
+/// Clean-table columns whose values rarely repeat within a file: the id, numbers with a
+/// fraction, times, and Kafka offsets. A dictionary for them costs time and is given up by the
+/// writer after its first megabyte anyway.
+fn distinct_columns(schema: &Schema) -> Vec<&str> {
+    let mut columns: Vec<&str> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| {
+            *i == schema.id_index() || matches!(f.kind, FieldType::Double | FieldType::Timestamp)
+        })
+        .map(|(_, f)| f.name.as_str())
+        .collect();
+    columns.push("kafka_offset");
+    columns
+}
+
 /// Opens (or creates) both tables, retrying storage failures.
 async fn open_tables(job: &IngestJob) -> Result<(Table, Table)> {
     let prefix = app_prefix(&job.kafka.topic);
@@ -171,7 +189,7 @@ async fn open_tables(job: &IngestJob) -> Result<(Table, Table)> {
             )
         })
         .await?
-        .with_distinct_columns(&[job.schema.fields()[job.schema.id_index()].name.as_str()]);
+        .with_distinct_columns(&distinct_columns(&job.schema));
     let quarantine = backoff
         .retry("opening the quarantine table", DeltaError::retryable, || {
             Table::open_or_create(
@@ -206,7 +224,8 @@ pub async fn run(job: IngestJob, shutdown: Shutdown) -> Result<IngestReport> {
     // The reader's own handle on the clean table answers "where does partition p start?".
     let (positions_table, _) = open_tables(&job).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel(8);
+    // Room for the chunks that arrive while a commit runs.
+    let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel(4);
     let (control_tx, control_rx) = std::sync::mpsc::channel();
     let reader = reader::spawn(reader::ReaderSetup {
         kafka: job.kafka.clone(),
