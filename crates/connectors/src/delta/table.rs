@@ -7,7 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use deltalake::arrow::array::RecordBatch;
+use delta_kernel::expressions::Scalar;
+use deltalake::arrow::array::{Array, Date32Array, RecordBatch};
 use deltalake::arrow::datatypes::{DataType as ArrowType, SchemaRef, TimeUnit};
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
@@ -17,8 +18,9 @@ use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::{DeltaTable, DeltaTableError, TableProperty, ensure_table_uri};
+use indexmap::IndexMap;
 
 /// What can go wrong with a table.
 #[derive(Debug, thiserror::Error)]
@@ -257,7 +259,16 @@ impl Table {
         let inner = RecordBatchWriter::for_table(&self.table)
             .map_err(|source| DeltaError::Write { location: location.clone(), source: Box::new(source) })?
             .with_writer_properties(properties.build());
-        Ok(TableWriter { inner, location, rows: 0 })
+        let date_partition = match self.partition_by.as_deref() {
+            Some([column]) => {
+                let schema = self.arrow_schema()?;
+                let is_date =
+                    schema.field_with_name(column).is_ok_and(|f| f.data_type() == &ArrowType::Date32);
+                is_date.then(|| column.clone())
+            }
+            _ => None,
+        };
+        Ok(TableWriter { inner, location, rows: 0, date_partition })
     }
 
     /// Appends `batches` and records `positions` in one commit (see [`Table::commit`]).
@@ -331,11 +342,24 @@ impl Table {
     }
 }
 
+/// The value of a non-null Date32 column when every row has the same one.
+fn single_date(batch: &RecordBatch, column: &str) -> Option<i32> {
+    let dates = batch.column_by_name(column)?.as_any().downcast_ref::<Date32Array>()?;
+    if dates.null_count() > 0 {
+        return None;
+    }
+    let values = dates.values();
+    let first = *values.first()?;
+    values.iter().all(|&d| d == first).then_some(first)
+}
+
 /// Data files being written for one commit.
 pub struct TableWriter {
     inner: RecordBatchWriter,
     location: String,
     rows: usize,
+    /// The partition column, when the table is partitioned by one date column.
+    date_partition: Option<String>,
 }
 
 impl TableWriter {
@@ -346,10 +370,21 @@ impl TableWriter {
         }
         self.rows += batch.num_rows();
         let location = &self.location;
-        self.inner
-            .write(batch.clone())
-            .await
-            .map_err(|source| DeltaError::Write { location: location.clone(), source: Box::new(source) })
+        let write_err = |source| DeltaError::Write { location: location.clone(), source: Box::new(source) };
+        // A stream's batch is usually all one day: then it goes to its partition as it is,
+        // without the sort and copy of the general split.
+        if let Some((column, day)) =
+            self.date_partition.as_ref().and_then(|c| Some((c, single_date(batch, c)?)))
+        {
+            let values = IndexMap::from([(column.clone(), Scalar::Date(day))]);
+            return self
+                .inner
+                .write_partition(batch.clone(), &values, WriteMode::Default)
+                .await
+                .map(drop)
+                .map_err(write_err);
+        }
+        self.inner.write(batch.clone()).await.map_err(write_err)
     }
 
     /// Rows written so far.
@@ -364,5 +399,78 @@ impl TableWriter {
         }
         let location = self.location.clone();
         self.inner.flush().await.map_err(|source| DeltaError::Write { location, source: Box::new(source) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use deltalake::arrow::array::{Array, Date32Array, TimestampMicrosecondArray};
+    use txpipe_core::event::{EventParser, Value};
+    use txpipe_core::schema::Schema;
+
+    use super::*;
+    use crate::delta::{CleanRows, EVENT_DATE, clean_schema, data_files, read_rows};
+
+    fn rows(parser: &EventParser, times: &[&str]) -> RecordBatch {
+        let mut rows = CleanRows::new(parser.schema());
+        for (i, time) in times.iter().enumerate() {
+            let event = format!(
+                r#"{{"transaction_id":"t{time}{i}","account_id":"a","merchant_category":"fuel","amount":1.0,"currency":"EUR","event_time":"{time}"}}"#
+            );
+            let mut values: Vec<Value> = Vec::new();
+            parser.parse(event.as_bytes(), &mut values).unwrap();
+            rows.push(&values, 0, i as i64);
+        }
+        rows.finish(0).unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_day_and_mixed_day_batches_land_in_their_date_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Schema::default_schema();
+        let parser = EventParser::new(schema.clone());
+        let location = dir.path().join("t").to_string_lossy().into_owned();
+        let mut table = Table::open_or_create(
+            &location,
+            &BTreeMap::new(),
+            clean_schema(&schema),
+            Some(EVENT_DATE),
+            "test",
+            10,
+        )
+        .await
+        .unwrap();
+        // One day (written straight to its partition), then three rows over two days (split).
+        let one_day = rows(&parser, &["2026-11-01T08:00:00Z", "2026-11-01T23:59:59Z"]);
+        let mixed = rows(&parser, &["2026-11-02T00:00:00Z", "2026-11-01T12:00:00Z", "2026-11-02T09:30:00Z"]);
+        table.append(&[one_day, mixed], &BTreeMap::from([(0, 2)]), serde_json::Map::new()).await.unwrap();
+
+        let days: Vec<Option<String>> = data_files(table.delta())
+            .unwrap()
+            .iter()
+            .map(|f| f.partition_values[EVENT_DATE].clone())
+            .collect();
+        assert!(
+            days.contains(&Some("2026-11-01".into())) && days.contains(&Some("2026-11-02".into())),
+            "{days:?}"
+        );
+        let mut seen = 0;
+        for batch in read_rows(table.delta()).await.unwrap() {
+            let dates =
+                batch.column_by_name(EVENT_DATE).unwrap().as_any().downcast_ref::<Date32Array>().unwrap();
+            let times = batch
+                .column_by_name("event_time")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            for i in 0..batch.num_rows() {
+                assert_eq!(dates.value(i) as i64, times.value(i).div_euclid(86_400_000_000), "row {i}");
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 5);
     }
 }
