@@ -204,17 +204,32 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     // Escaped keys arrive here, unescaped into the parser's scratch space.
     fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
         let fields = self.schema.fields();
-        if fields.get(self.hint).is_some_and(|f| f.name == key) {
+        if fields.get(self.hint).is_some_and(|f| same_key(f.name.as_bytes(), key.as_bytes())) {
             return Ok(Some(self.hint));
         }
-        Ok(self.schema.position(key))
+        Ok(fields.iter().position(|f| same_key(f.name.as_bytes(), key.as_bytes())))
     }
+}
+
+/// Byte equality for short keys without a library call: keys of 8 to 16 bytes are compared
+/// as two (overlapping) 8-byte words.
+#[inline]
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if (8..=16).contains(&n) {
+        let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+    }
+    a == b
 }
 
 /// Reads the top-level object, keeping only the schema's fields.
 struct EventVisitor<'s, 'v, 'de> {
     schema: &'s Schema,
-    slots: &'v mut Vec<Raw<'de>>,
+    slots: &'v mut [Raw<'de>],
 }
 
 impl<'de> Visitor<'de> for EventVisitor<'_, '_, 'de> {
@@ -258,24 +273,35 @@ impl EventParser {
     /// Parses one payload into `out` (cleared first; one value per schema field, in order).
     pub fn parse<'a>(&self, payload: &'a [u8], out: &mut Vec<Value<'a>>) -> Result<(), Rejection> {
         out.clear();
-        let mut slots: Vec<Raw<'a>> = Vec::with_capacity(self.schema.fields().len());
-        slots.resize_with(self.schema.fields().len(), || Raw::Missing);
+        let n = self.schema.fields().len();
+        // The values as read, one slot per field: on the stack for schemas of usual size.
+        let mut stack: [Raw<'a>; STACK_SLOTS] = std::array::from_fn(|_| Raw::Missing);
+        let mut heap: Vec<Raw<'a>> = Vec::new();
+        let slots: &mut [Raw<'a>] = if n <= STACK_SLOTS {
+            &mut stack[..n]
+        } else {
+            heap.resize_with(n, || Raw::Missing);
+            &mut heap
+        };
         // One UTF-8 check of the whole payload, rather than one per string inside it.
         let text = std::str::from_utf8(payload)
             .map_err(|e| reject(RejectKind::InvalidJson, format!("not valid JSON: not UTF-8 ({e})")))?;
         let mut de = serde_json::Deserializer::from_str(text);
         let read = de
-            .deserialize_any(EventVisitor { schema: &self.schema, slots: &mut slots })
+            .deserialize_any(EventVisitor { schema: &self.schema, slots: &mut *slots })
             .and_then(|()| de.end());
         if let Err(e) = read {
             return Err(json_rejection(&e));
         }
-        for (field, raw) in self.schema.fields().iter().zip(slots) {
-            out.push(clean(field, raw)?);
+        for (field, raw) in self.schema.fields().iter().zip(slots.iter_mut()) {
+            out.push(clean(field, std::mem::replace(raw, Raw::Missing))?);
         }
         Ok(())
     }
 }
+
+/// Schemas with up to this many fields parse without a heap allocation.
+const STACK_SLOTS: usize = 48;
 
 fn json_rejection(e: &serde_json::Error) -> Rejection {
     let text = e.to_string();
@@ -368,16 +394,23 @@ fn clean<'a>(f: &FieldConfig, raw: Raw<'a>) -> Result<Value<'a>, Rejection> {
 }
 
 fn clean_string<'a>(f: &FieldConfig, s: Cow<'a, str>) -> Result<Value<'a>, Rejection> {
-    if f.required && s.trim().is_empty() {
+    // Most strings are ASCII: their checks need no decoding.
+    let ascii = s.is_ascii();
+    // A string that starts with an ASCII letter, digit or sign is not blank.
+    let maybe_blank = match s.as_bytes().first() {
+        Some(b) => !b.is_ascii() || b.is_ascii_whitespace() || *b == 0x0b,
+        None => true,
+    };
+    if f.required && maybe_blank && s.trim().is_empty() {
         return Err(reject(RejectKind::BadFormat, format!("required field `{}` is empty", f.name)));
     }
     let s = match f.case {
-        Some(Case::Lower) if s.chars().any(char::is_uppercase) => Cow::Owned(s.to_lowercase()),
-        Some(Case::Upper) if s.chars().any(char::is_lowercase) => Cow::Owned(s.to_uppercase()),
+        Some(Case::Lower) if has_case(&s, ascii, true) => Cow::Owned(s.to_lowercase()),
+        Some(Case::Upper) if has_case(&s, ascii, false) => Cow::Owned(s.to_uppercase()),
         _ => s,
     };
     if let Some(n) = f.length {
-        let len = s.chars().count();
+        let len = if ascii { s.len() } else { s.chars().count() };
         if len != n {
             return Err(reject(
                 RejectKind::BadFormat,
@@ -386,6 +419,16 @@ fn clean_string<'a>(f: &FieldConfig, s: Cow<'a, str>) -> Result<Value<'a>, Rejec
         }
     }
     Ok(Value::Str(s))
+}
+
+/// Whether `s` has an uppercase (`upper`) or lowercase letter.
+fn has_case(s: &str, ascii: bool, upper: bool) -> bool {
+    match (ascii, upper) {
+        (true, true) => s.bytes().any(|b| b.is_ascii_uppercase()),
+        (true, false) => s.bytes().any(|b| b.is_ascii_lowercase()),
+        (false, true) => s.chars().any(char::is_uppercase),
+        (false, false) => s.chars().any(char::is_lowercase),
+    }
 }
 
 fn check_min(f: &FieldConfig, v: f64) -> Result<(), Rejection> {

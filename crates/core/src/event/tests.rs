@@ -140,6 +140,52 @@ fn invalid_utf8_is_invalid_json() {
     assert_eq!(p.parse(&bytes, &mut out).unwrap_err().kind, RejectKind::InvalidJson);
 }
 
+#[test]
+fn blank_case_and_length_checks_hold_for_ascii_and_other_text() {
+    let p = parser();
+    let with = |field: &str, old: &str, new: &str| {
+        GOOD.replace(&format!(r#""{field}":"{old}""#), &format!(r#""{field}":"{new}""#))
+    };
+    // Blank: empty, ASCII whitespace (vertical tab included) and other Unicode white space.
+    for blank in ["", " ", "\\t\\n", "\\u000b", "\\u00a0\\u2003"] {
+        assert_eq!(kind(&p, &with("transaction_id", "t1", blank)), RejectKind::BadFormat, "{blank:?}");
+    }
+    assert!(parse(&p, &with("transaction_id", "t1", " t1")).is_ok());
+    assert!(parse(&p, &with("transaction_id", "t1", "\\u00e9t\\u00e9")).is_ok());
+    // Case, ASCII and not.
+    let v = parse(&p, &with("merchant_category", "Grocery", "\\u00c9PICERIE")).unwrap();
+    assert_eq!(v[3], Value::Str("épicerie".into()));
+    let v = parse(&p, &with("currency", "eur", "\\u00e9ur")).unwrap();
+    assert_eq!(v[5], Value::Str("ÉUR".into()));
+    // Length counts characters, not bytes.
+    assert!(parse(&p, &with("country", "de", "\\u00e9\\u00e9")).is_ok());
+    assert_eq!(kind(&p, &with("country", "de", "d\\u00e9e")), RejectKind::BadFormat);
+}
+
+#[test]
+fn keys_match_by_exact_bytes_in_any_order_and_spelling() {
+    let p = parser();
+    // Keys out of schema order, and one written with an escape.
+    let shuffled = r#"{"is_fraud":1,"event_time":"2026-11-01T00:00:00Z","currency":"EUR","amount":1,"merchant_category":"x","account_id":"a","transaction\u005fid":"t9"}"#;
+    let v = parse(&p, shuffled).unwrap();
+    assert_eq!(v[0], Value::Str("t9".into()));
+    assert_eq!(v[9], Value::Bool(true));
+    // Same length, one byte apart (at the start, the middle, the end): not the field.
+    for near in ["transaction_iD", "xransaction_id", "transactiom_id", "account_iD", "merchant_categorz"] {
+        let payload = GOOD.replace(r#""transaction_id""#, &format!(r#""{near}""#));
+        let payload = payload.replace(r#""account_id""#, r#""account""#);
+        assert_eq!(kind(&p, &payload), RejectKind::MissingField, "{near}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn short_key_comparison_is_byte_equality(a in proptest::collection::vec(0u8..4, 0..24), b in proptest::collection::vec(0u8..4, 0..24)) {
+        proptest::prop_assert_eq!(same_key(&a, &b), a == b);
+        proptest::prop_assert!(same_key(&a, &a));
+    }
+}
+
 proptest::proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
