@@ -30,7 +30,25 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
+/// glibc gives each thread that allocates an arena of its own and keeps what is freed there;
+/// ingest's threads hand buffers from one to the next, so a few arenas hold the same work in
+/// less memory (measured: RSS 10–20 MB lower, same speed). `MALLOC_ARENA_MAX` still decides
+/// when set.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter, and no other thread runs yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
