@@ -1,0 +1,55 @@
+//! A bare consumer for benchmarks: reads a topic from the beginning with ingest's own consumer
+//! settings, touches each payload and keeps nothing. Its rate is the ceiling for ingest on the
+//! same machine (`scripts/bench ingest` prints it beside the rate of kcat).
+//!
+//!     cargo run --release --example bare_consume -- TOPIC COUNT [BROKERS]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use txpipe_connectors::kafka::{Consumer, KafkaConfig, OffsetSource, StartAt};
+
+struct FromTheStart;
+
+impl OffsetSource for FromTheStart {
+    fn start_offsets(&self, partitions: &[i32]) -> Result<HashMap<i32, StartAt>, String> {
+        Ok(partitions.iter().map(|&p| (p, StartAt::Earliest)).collect())
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(topic), Some(count)) = (args.get(1), args.get(2).and_then(|c| c.parse::<u64>().ok())) else {
+        return Err("usage: bare_consume TOPIC COUNT [BROKERS]".into());
+    };
+    let config = KafkaConfig {
+        topic: topic.clone(),
+        group_id: format!("bare-consume-{}", std::process::id()),
+        brokers: args.get(3).cloned().unwrap_or_else(|| KafkaConfig::default().brokers),
+        ..KafkaConfig::default()
+    };
+    let consumer = Consumer::subscribe(&config, Arc::new(FromTheStart))?;
+    let (mut read, mut bytes, mut checksum) = (0u64, 0u64, 0u8);
+    let mut started: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while read < count && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            started.get_or_insert_with(Instant::now);
+            let payload = m.payload().unwrap_or_default();
+            checksum ^= payload.first().copied().unwrap_or(0);
+            bytes += payload.len() as u64;
+            read += 1;
+        }
+    }
+    let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    if read < count {
+        return Err(format!("read {read} of {count} messages in 600 s").into());
+    }
+    println!(
+        "{read} messages, {bytes} bytes in {seconds:.2} s: {:.0} messages/s (checksum {checksum})",
+        read as f64 / seconds
+    );
+    Ok(())
+}
