@@ -157,7 +157,8 @@ fn blank_case_and_length_checks_hold_for_ascii_and_other_text() {
     assert_eq!(v[3], Value::Str("épicerie".into()));
     let v = parse(&p, &with("currency", "eur", "\\u00e9ur")).unwrap();
     assert_eq!(v[5], Value::Str("ÉUR".into()));
-    // Length counts characters, not bytes.
+    // Length counts characters, not bytes, of the value as sent (spaces included).
+    assert_eq!(kind(&p, &with("country", "de", " de")), RejectKind::BadFormat);
     assert!(parse(&p, &with("country", "de", "\\u00e9\\u00e9")).is_ok());
     assert_eq!(kind(&p, &with("country", "de", "d\\u00e9e")), RejectKind::BadFormat);
 }
