@@ -203,27 +203,8 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
     // Escaped keys arrive here, unescaped into the parser's scratch space.
     fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
-        let fields = self.schema.fields();
-        if fields.get(self.hint).is_some_and(|f| same_key(f.name.as_bytes(), key.as_bytes())) {
-            return Ok(Some(self.hint));
-        }
-        Ok(fields.iter().position(|f| same_key(f.name.as_bytes(), key.as_bytes())))
+        Ok(self.schema.position_from(self.hint, key))
     }
-}
-
-/// Byte equality for short keys without a library call: keys of 8 to 16 bytes are compared
-/// as two (overlapping) 8-byte words.
-#[inline]
-fn same_key(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    if (8..=16).contains(&n) {
-        let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
-        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
-    }
-    a == b
 }
 
 /// Reads the top-level object, keeping only the schema's fields.

@@ -177,10 +177,15 @@ impl Schema {
         &self.fields
     }
 
-    /// Position of a field by name (a scan: schemas are short, and this runs for every key of
-    /// every event, where hashing costs more than comparing).
-    pub fn position(&self, name: &str) -> Option<usize> {
-        self.fields.iter().position(|f| f.name == name)
+    /// Position of a field by name, trying position `hint` first (events usually list their
+    /// keys in schema order). A scan, not a hash: schemas are short, and this runs for every key
+    /// of every event.
+    pub fn position_from(&self, hint: usize, name: &str) -> Option<usize> {
+        let name = name.as_bytes();
+        if self.fields.get(hint).is_some_and(|f| same_key(f.name.as_bytes(), name)) {
+            return Some(hint);
+        }
+        self.fields.iter().position(|f| same_key(f.name.as_bytes(), name))
     }
 
     /// Position of the id field.
@@ -213,6 +218,21 @@ impl Schema {
             fields: self.fields.clone(),
         }
     }
+}
+
+/// Byte equality for short keys without a library call: keys of 8 to 16 bytes are compared
+/// as two (overlapping) 8-byte words.
+#[inline]
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if (8..=16).contains(&n) {
+        let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+    }
+    a == b
 }
 
 #[cfg(test)]
@@ -283,5 +303,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("requird"), "{err}");
+    }
+
+    #[test]
+    fn fields_are_found_from_a_hint_or_by_scan() {
+        let schema = Schema::default_schema();
+        let id = schema.id_index();
+        assert_eq!(schema.position_from(id, "transaction_id"), Some(id));
+        assert_eq!(schema.position_from(id, "event_time"), Some(schema.time_index()));
+        assert_eq!(schema.position_from(99, "account_id"), Some(1));
+        assert_eq!(schema.position_from(0, "transaction_iD"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn short_key_comparison_is_byte_equality(
+            a in proptest::collection::vec(0u8..4, 0..24),
+            b in proptest::collection::vec(0u8..4, 0..24),
+        ) {
+            proptest::prop_assert_eq!(same_key(&a, &b), a == b);
+            proptest::prop_assert!(same_key(&a, &a));
+        }
     }
 }

@@ -181,14 +181,6 @@ fn keys_match_by_exact_bytes_in_any_order_and_spelling() {
 
 proptest::proptest! {
     #[test]
-    fn short_key_comparison_is_byte_equality(a in proptest::collection::vec(0u8..4, 0..24), b in proptest::collection::vec(0u8..4, 0..24)) {
-        proptest::prop_assert_eq!(same_key(&a, &b), a == b);
-        proptest::prop_assert!(same_key(&a, &a));
-    }
-}
-
-proptest::proptest! {
-    #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
         let p = parser();
         let mut out = Vec::new();
