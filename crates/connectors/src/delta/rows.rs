@@ -69,13 +69,24 @@ enum Column {
 }
 
 impl Column {
-    fn new(kind: FieldType) -> Column {
+    /// An empty column with room for `rows` values (and `bytes` bytes of text, for strings).
+    fn with_capacity(kind: FieldType, rows: usize, bytes: usize) -> Column {
         match kind {
-            FieldType::String => Column::Str(StringBuilder::new()),
-            FieldType::Double => Column::Double(Float64Builder::new()),
-            FieldType::Long => Column::Long(Int64Builder::new()),
-            FieldType::Boolean => Column::Bool(BooleanBuilder::new()),
-            FieldType::Timestamp => Column::Time(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
+            FieldType::String => Column::Str(StringBuilder::with_capacity(rows, bytes)),
+            FieldType::Double => Column::Double(Float64Builder::with_capacity(rows)),
+            FieldType::Long => Column::Long(Int64Builder::with_capacity(rows)),
+            FieldType::Boolean => Column::Bool(BooleanBuilder::with_capacity(rows)),
+            FieldType::Timestamp => {
+                Column::Time(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"))
+            }
+        }
+    }
+
+    /// Bytes of text so far (strings only).
+    fn text_bytes(&self) -> usize {
+        match self {
+            Column::Str(b) => b.values_slice().len(),
+            _ => 0,
         }
     }
 
@@ -107,8 +118,14 @@ impl Column {
 }
 
 /// Collects clean rows into record batches of the clean table.
+///
+/// [`reserve`](CleanRows::reserve) sizes the builders from the last finished batch, so a steady
+/// stream of batches fills them without regrowing.
 pub struct CleanRows {
     schema: SchemaRef,
+    kinds: Vec<FieldType>,
+    /// Text bytes per row of each column in the last finished batch (0 for non-strings).
+    text_per_row: Vec<usize>,
     time_index: usize,
     columns: Vec<Column>,
     event_date: Date32Builder,
@@ -119,10 +136,13 @@ pub struct CleanRows {
 
 impl CleanRows {
     pub fn new(schema: &Schema) -> CleanRows {
+        let kinds: Vec<FieldType> = schema.fields().iter().map(|f| f.kind).collect();
         CleanRows {
             schema: clean_schema(schema),
             time_index: schema.time_index(),
-            columns: schema.fields().iter().map(|f| Column::new(f.kind)).collect(),
+            columns: kinds.iter().map(|&kind| Column::with_capacity(kind, 0, 0)).collect(),
+            text_per_row: vec![0; kinds.len()],
+            kinds,
             event_date: Date32Builder::new(),
             partition: Int32Builder::new(),
             offset: Int64Builder::new(),
@@ -153,14 +173,35 @@ impl CleanRows {
         self.rows += 1;
     }
 
+    /// Makes room for `rows` more rows when empty, with as much text per row as the last
+    /// batch had, so that filling the builders does not regrow them.
+    pub fn reserve(&mut self, rows: usize) {
+        if self.rows > 0 {
+            return;
+        }
+        for ((column, &kind), &per_row) in self.columns.iter_mut().zip(&self.kinds).zip(&self.text_per_row) {
+            // An eighth more than the last batch's mean, for longer values.
+            *column = Column::with_capacity(kind, rows, rows * per_row + rows * per_row / 8);
+        }
+        self.event_date = Date32Builder::with_capacity(rows);
+        self.partition = Int32Builder::with_capacity(rows);
+        self.offset = Int64Builder::with_capacity(rows);
+    }
+
     /// The rows so far as one batch (the builders start empty again).
     pub fn finish(&mut self, ingested_at_us: i64) -> Result<RecordBatch, ArrowError> {
+        let rows = self.rows;
+        if rows > 0 {
+            for (per_row, column) in self.text_per_row.iter_mut().zip(&self.columns) {
+                *per_row = column.text_bytes().div_ceil(rows);
+            }
+        }
         let mut arrays: Vec<ArrayRef> = self.columns.iter_mut().map(Column::finish).collect();
         arrays.push(Arc::new(self.event_date.finish()));
         arrays.push(Arc::new(self.partition.finish()));
         arrays.push(Arc::new(self.offset.finish()));
-        let mut at = TimestampMicrosecondBuilder::with_capacity(self.rows).with_timezone("UTC");
-        at.append_value_n(ingested_at_us, self.rows);
+        let mut at = TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC");
+        at.append_value_n(ingested_at_us, rows);
         arrays.push(Arc::new(at.finish()));
         self.rows = 0;
         RecordBatch::try_new(self.schema.clone(), arrays)

@@ -1,4 +1,5 @@
 use super::*;
+use crate::schema::SchemaConfig;
 
 fn parser() -> EventParser {
     EventParser::new(Schema::default_schema())
@@ -202,4 +203,34 @@ proptest::proptest! {
         }
         let _ = p.parse(&bytes[..cut], &mut out);
     }
+}
+
+#[test]
+fn a_schema_wider_than_the_stack_slots_parses_every_field() {
+    let mut config = SchemaConfig::default();
+    let extra = STACK_SLOTS + 8;
+    for i in 0..extra {
+        let mut field = config.fields[0].clone();
+        field.name = format!("extra_{i}");
+        field.required = i % 2 == 0;
+        config.fields.push(field);
+    }
+    let schema = Schema::new(config).unwrap();
+    let base = schema.fields().len() - extra;
+    let p = EventParser::new(schema);
+    // Odd extras are optional and left out; even ones carry their index.
+    let fields: String = (0..extra).step_by(2).map(|i| format!(r#","extra_{i}":"v{i}""#)).collect();
+    let event = format!("{{{},{}", &fields[1..], &GOOD[1..]);
+    let v = parse(&p, &event).unwrap();
+    assert_eq!(v.len(), base + extra);
+    for i in 0..extra {
+        let want = if i % 2 == 0 { Value::Str(format!("v{i}").into()) } else { Value::Null };
+        assert_eq!(v[base + i], want, "extra_{i}");
+    }
+    assert_eq!(v[0], Value::Str("t1".into()));
+    // A required extra that is missing is named.
+    let missing = event.replace(r#""extra_4":"v4","#, "");
+    let err = parse(&p, &missing).unwrap_err();
+    assert_eq!(err.kind, RejectKind::MissingField);
+    assert!(err.detail.contains("extra_4"), "{err}");
 }

@@ -87,17 +87,57 @@ pub(super) struct Chunk {
     pub since: Instant,
 }
 
+/// The builders of the parse thread, kept from batch to batch so that they start sized.
+struct Rows {
+    clean: CleanRows,
+    quarantine: QuarantineRows,
+}
+
+impl Rows {
+    fn new(schema: &Schema) -> Rows {
+        Rows { clean: CleanRows::new(schema), quarantine: QuarantineRows::default() }
+    }
+}
+
+/// First and last offset per partition of a batch. Messages come in runs of one partition, so
+/// the partition of the previous message is tried first.
+#[derive(Default)]
+struct Span {
+    /// (partition, first, last)
+    parts: Vec<(i32, i64, i64)>,
+    current: usize,
+}
+
+impl Span {
+    fn add(&mut self, partition: i32, offset: i64) {
+        match self.parts.get_mut(self.current) {
+            Some(p) if p.0 == partition => p.2 = offset,
+            _ => match self.parts.iter().position(|p| p.0 == partition) {
+                Some(i) => {
+                    self.parts[i].2 = offset;
+                    self.current = i;
+                }
+                None => {
+                    self.current = self.parts.len();
+                    self.parts.push((partition, offset, offset));
+                }
+            },
+        }
+    }
+
+    fn maps(&self) -> (BTreeMap<i32, i64>, BTreeMap<i32, i64>) {
+        (self.parts.iter().map(|p| (p.0, p.1)).collect(), self.parts.iter().map(|p| (p.0, p.2)).collect())
+    }
+}
+
 /// Parses a batch of raw messages into a chunk.
-fn parse_batch(parser: &EventParser, topic: &str, raw: &RawBatch) -> Result<Chunk> {
-    let schema = parser.schema();
-    let mut clean = CleanRows::new(schema);
-    let mut quarantine = QuarantineRows::default();
-    let mut first = BTreeMap::new();
-    let mut last = BTreeMap::new();
-    let mut values: Vec<Value<'_>> = Vec::with_capacity(schema.fields().len());
+fn parse_batch(parser: &EventParser, topic: &str, raw: &RawBatch, rows: &mut Rows) -> Result<Chunk> {
+    let Rows { clean, quarantine } = rows;
+    clean.reserve(raw.len());
+    let mut span = Span::default();
+    let mut values: Vec<Value<'_>> = Vec::with_capacity(parser.schema().fields().len());
     for (partition, offset, payload) in raw.messages() {
-        first.entry(partition).or_insert(offset);
-        last.insert(partition, offset);
+        span.add(partition, offset);
         match parser.parse(payload, &mut values) {
             Ok(()) => clean.push(&values, partition, offset),
             Err(reason) => quarantine.push(payload, &reason.to_string(), topic, partition, offset),
@@ -108,6 +148,7 @@ fn parse_batch(parser: &EventParser, topic: &str, raw: &RawBatch) -> Result<Chun
     let quarantine = quarantine
         .finish(now)
         .map_err(|e| JobError::Internal(format!("building a quarantine batch: {e}")))?;
+    let (first, last) = span.maps();
     Ok(Chunk {
         generation: raw.generation,
         clean,
@@ -131,9 +172,10 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("ingest-parse".into())
         .spawn(move || {
+            let mut rows = Rows::new(&schema);
             let parser = EventParser::new(schema);
             while let Ok(batch) = raw.recv() {
-                let chunk = parse_batch(&parser, &topic, &batch)?;
+                let chunk = parse_batch(&parser, &topic, &batch, &mut rows)?;
                 drop(batch);
                 if chunks.blocking_send(chunk).is_err() {
                     // The writer is gone: it stopped, and says why.
@@ -148,6 +190,7 @@ pub(super) fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use txpipe_connectors::delta::arrow::array::{Array, Int64Array, StringArray};
 
     #[test]
     fn a_batch_becomes_clean_and_quarantined_rows_with_their_positions() {
@@ -158,7 +201,8 @@ mod tests {
         raw.push(0, 10, good.as_bytes());
         raw.push(1, 5, b"{not json");
         raw.push(0, 11, good.replace("t1", "t2").as_bytes());
-        let chunk = parse_batch(&parser, "topic", &raw).unwrap();
+        let mut rows = Rows::new(&schema);
+        let chunk = parse_batch(&parser, "topic", &raw, &mut rows).unwrap();
         assert_eq!(chunk.generation, 7);
         assert_eq!(chunk.messages, 3);
         assert_eq!(chunk.clean.num_rows(), 2, "{:?}", chunk.quarantine);
@@ -166,5 +210,20 @@ mod tests {
         assert_eq!(chunk.first, BTreeMap::from([(0, 10), (1, 5)]));
         assert_eq!(chunk.last, BTreeMap::from([(0, 11), (1, 5)]));
         assert_eq!(chunk.bytes as usize, 2 * good.len() + 9);
+
+        // The same builders again: sized from the first batch, holding only the new rows.
+        let mut raw = RawBatch::with_capacity(8, 2, 1024);
+        raw.push(2, 40, good.replace("t1", "t3").as_bytes());
+        raw.push(2, 41, good.replace("t1", "a much longer transaction id than before").as_bytes());
+        let chunk = parse_batch(&parser, "topic", &raw, &mut rows).unwrap();
+        assert_eq!((chunk.clean.num_rows(), chunk.quarantine.num_rows()), (2, 0));
+        let ids = chunk.clean.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(
+            ids.iter().collect::<Vec<_>>(),
+            [Some("t3"), Some("a much longer transaction id than before")]
+        );
+        let offsets = chunk.clean.column_by_name("kafka_offset").unwrap();
+        assert_eq!(offsets.as_any().downcast_ref::<Int64Array>().unwrap().values(), &[40, 41]);
+        assert_eq!((chunk.first, chunk.last), (BTreeMap::from([(2, 40)]), BTreeMap::from([(2, 41)])));
     }
 }
