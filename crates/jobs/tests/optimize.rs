@@ -51,12 +51,20 @@ async fn compaction_keeps_every_row_in_fewer_files_without_data_change() {
     let version_before = before.version().unwrap();
 
     let config = OptimizeConfig { vacuum: false, ..OptimizeConfig::default() };
-    let reports = optimize::run(&tables, &config).await.unwrap();
-    let clean = &reports[0].compaction;
-    assert_eq!(clean.files_before, files_before);
-    assert!(clean.files_after < files_before / 2, "{clean:?}");
-    assert!(clean.commits >= 1);
-    assert_eq!(ids(&tables.clean).await, before_ids, "the same rows");
+    // Two runs at once, as when a scheduled run overlaps a slow one: whichever commits a bin
+    // second stops there, so every file is rewritten once (the exact race is a unit test of the
+    // connectors crate).
+    let (a, b) = tokio::join!(optimize::run(&tables, &config), optimize::run(&tables, &config));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let (a, b) = (&a[0].compaction, &b[0].compaction);
+    assert_eq!(a.files_before.max(b.files_before), files_before, "{a:?} {b:?}");
+    assert!(a.commits + b.commits >= 1, "{a:?} {b:?}");
+    let files_after =
+        delta::data_files(&delta::open_existing(&tables.clean, &Default::default()).await.unwrap())
+            .unwrap()
+            .len();
+    assert!(files_after < files_before / 2, "{files_after} of {files_before}; {a:?} {b:?}");
+    assert_eq!(ids(&tables.clean).await, before_ids, "the same rows, each once");
 
     // Every commit of the compaction changes no data: a stream reader skips them.
     let after = delta::open_existing(&tables.clean, &Default::default()).await.unwrap();

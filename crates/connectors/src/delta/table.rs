@@ -403,7 +403,7 @@ impl TableWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::BTreeMap;
 
     use deltalake::arrow::array::{Array, Date32Array, TimestampMicrosecondArray};
@@ -413,7 +413,8 @@ mod tests {
     use super::*;
     use crate::delta::{CleanRows, EVENT_DATE, clean_schema, data_files, read_rows};
 
-    fn rows(parser: &EventParser, times: &[&str]) -> RecordBatch {
+    /// A clean batch of one event per time, ids made of the time and the position.
+    pub(in crate::delta) fn rows(parser: &EventParser, times: &[&str]) -> RecordBatch {
         let mut rows = CleanRows::new(parser.schema());
         for (i, time) in times.iter().enumerate() {
             let event = format!(
