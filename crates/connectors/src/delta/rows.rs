@@ -174,14 +174,16 @@ impl CleanRows {
     }
 
     /// Makes room for `rows` more rows when empty, with as much text per row as the last
-    /// batch had, so that filling the builders does not regrow them.
-    pub fn reserve(&mut self, rows: usize) {
+    /// batch had (no more than `max_text` bytes per column: the input's size bounds any
+    /// column's text), so that filling the builders does not regrow them.
+    pub fn reserve(&mut self, rows: usize, max_text: usize) {
         if self.rows > 0 {
             return;
         }
         for ((column, &kind), &per_row) in self.columns.iter_mut().zip(&self.kinds).zip(&self.text_per_row) {
             // An eighth more than the last batch's mean, for longer values.
-            *column = Column::with_capacity(kind, rows, rows * per_row + rows * per_row / 8);
+            let text = rows.saturating_mul(per_row).saturating_mul(9) / 8;
+            *column = Column::with_capacity(kind, rows, text.min(max_text));
         }
         self.event_date = Date32Builder::with_capacity(rows);
         self.partition = Int32Builder::with_capacity(rows);

@@ -133,7 +133,7 @@ impl Span {
 /// Parses a batch of raw messages into a chunk.
 fn parse_batch(parser: &EventParser, topic: &str, raw: &RawBatch, rows: &mut Rows) -> Result<Chunk> {
     let Rows { clean, quarantine } = rows;
-    clean.reserve(raw.len());
+    clean.reserve(raw.len(), raw.bytes());
     let mut span = Span::default();
     let mut values: Vec<Value<'_>> = Vec::with_capacity(parser.schema().fields().len());
     for (partition, offset, payload) in raw.messages() {

@@ -23,6 +23,9 @@ use crate::{JobError, Result};
 
 /// Messages per batch handed to the parse stage (fewer when the flush size is smaller).
 const BATCH_ROWS: usize = 16_384;
+/// Payload bytes at which a batch is handed over before it has `BATCH_ROWS` messages: large
+/// messages must not make a batch (and the Arrow chunk built from it) grow without bound.
+const BATCH_BYTES: usize = 16 << 20;
 /// Age at which a partial batch is handed over anyway.
 const BATCH_AGE: Duration = Duration::from_millis(100);
 /// How long one poll waits when nothing came last time.
@@ -233,12 +236,12 @@ fn read_loop(
             }
             Some(Err(_)) | None => {}
         }
-        let full = batch.len() >= batch_rows;
+        let full = batch.len() >= batch_rows || batch.bytes() >= BATCH_BYTES;
         // Reading the clock per message costs more than copying some; look every 256.
         let look = polled_nothing || batch.len().is_multiple_of(256);
         let due = look && !batch.is_empty() && batch.since.elapsed() >= BATCH_AGE;
         if full || due {
-            room = room.max(batch.bytes());
+            room = room.max(batch.bytes()).min(BATCH_BYTES);
             let next = RawBatch::with_capacity(batch.generation, batch_rows, room);
             if batches.send(std::mem::replace(&mut batch, next)).is_err() {
                 // The parse thread is gone: the writer stopped, and says why.
