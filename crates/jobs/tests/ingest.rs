@@ -198,3 +198,45 @@ async fn a_stop_signal_commits_what_is_buffered_and_returns() {
     assert_eq!(report.written, 2_000);
     assert_eq!(report.commits, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_by_another_writer_after_ours_is_seen_before_the_next_flush() {
+    use txpipe_connectors::delta::{EVENT_DATE, Table, clean_schema};
+    let kafka = common::fresh_topic("ingest-other-writer", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clean_path = dir.path().join("clean");
+    produce_to(&kafka, &ProduceConfig { count: 500, seed: 41, ..ProduceConfig::default() }).await;
+    // Full buffers of 500 rows are flushed; the latency is long enough never to flush first.
+    let config = IngestConfig {
+        flush_rows: 500,
+        flush_latency: "60s".into(),
+        exit_when_idle: Some(3.0),
+        ..IngestConfig::default()
+    };
+    let ingest = tokio::spawn(ingest::run(ingest_job(&kafka, dir.path(), config), Shutdown::new()));
+    // Its first commit: offsets 0..499.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !clean_path.join("_delta_log").join("00000000000000000001.json").exists() {
+        assert!(std::time::Instant::now() < deadline, "no first commit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Another writer of the same stream says it has stored offsets 500..999 (no rows).
+    let mut other = Table::open_or_create(
+        &clean_path.display().to_string(),
+        &BTreeMap::new(),
+        clean_schema(&Schema::default_schema()),
+        Some(EVENT_DATE),
+        &ingest::app_prefix(&kafka.topic),
+        10,
+    )
+    .await
+    .unwrap();
+    other.commit(Vec::new(), &BTreeMap::from([(0, 999)]), serde_json::Map::new()).await.unwrap();
+    // The next 500 events are offsets 500..999: ingest must not write them again.
+    produce_to(&kafka, &ProduceConfig { count: 500, seed: 42, ..ProduceConfig::default() }).await;
+    let report = ingest.await.unwrap().unwrap();
+    assert_eq!((report.written, report.discarded), (500, 500), "{report:?}");
+    let clean = open(&clean_path).await;
+    assert_eq!(strings(&clean, "transaction_id").len(), 500);
+    assert_eq!(clean.1, 2, "only the two commits: ingest's first and the other writer's");
+}

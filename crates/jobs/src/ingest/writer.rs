@@ -107,6 +107,9 @@ pub(super) struct Writer {
     floor: u64,
     report: IngestReport,
     id_column: usize,
+    /// The clean table's version after this writer's last commit: while the table is still
+    /// there, no other writer has committed since, and the positions need no second look.
+    own_version: Option<u64>,
 }
 
 impl Writer {
@@ -133,6 +136,7 @@ impl Writer {
             floor: 0,
             report,
             id_column,
+            own_version: None,
         }
     }
 
@@ -282,7 +286,14 @@ impl Writer {
         let started = Instant::now();
         let partitions: Vec<i32> = self.buffer.first.keys().copied().collect();
         self.clean.refresh().await?;
-        let stored = self.clean.positions(&partitions).await?;
+        // Another writer may have committed these partitions since this one last did; if the
+        // version is still the one this writer committed, nobody has. (Delta's own check at
+        // commit time catches a commit that lands between this look and ours.)
+        let stored = if self.own_version.is_some() && self.clean.version() == self.own_version {
+            HashMap::new()
+        } else {
+            self.clean.positions(&partitions).await?
+        };
         if let Some((p, v)) =
             self.buffer.first.iter().find_map(|(p, &first)| {
                 stored.get(p).copied().flatten().filter(|&v| v >= first).map(|v| (*p, v))
@@ -298,14 +309,14 @@ impl Writer {
         }
         let metadata = self.commit_metadata();
         // Quarantine first, minus rows it already holds.
-        self.quarantine.refresh().await?;
-        let held = self.quarantine.positions(&partitions).await?;
-        let bad: Vec<RecordBatch> = self
-            .buffer
-            .quarantine
-            .iter()
-            .map(|b| skip_held(b, &held))
-            .collect::<std::result::Result<_, _>>()?;
+        let mut bad: Vec<RecordBatch> = Vec::new();
+        if self.buffer.quarantine.iter().any(|b| b.num_rows() > 0) {
+            self.quarantine.refresh().await?;
+            let held = self.quarantine.positions(&partitions).await?;
+            for b in &self.buffer.quarantine {
+                bad.push(skip_held(b, &held)?);
+            }
+        }
         let bad_rows: usize = bad.iter().map(RecordBatch::num_rows).sum();
         if bad_rows > 0 {
             let positions: Positions = self.buffer.last.clone();
@@ -319,6 +330,7 @@ impl Writer {
         };
         self.buffer.files = Some(files.clone());
         let version = self.clean.commit(files, &self.buffer.last, metadata).await?;
+        self.own_version = Some(version);
         let good_rows = self.buffer.clean_rows;
         let latency = started.elapsed();
         let buffered_for = self.buffer.since.map(|s| s.elapsed()).unwrap_or_default();
