@@ -82,6 +82,18 @@ impl Column {
         }
     }
 
+    /// An empty column of the same type with room for `rows` values and `bytes` of text.
+    fn sized_like(&self, rows: usize, bytes: usize) -> Column {
+        let kind = match self {
+            Column::Str(_) => FieldType::String,
+            Column::Double(_) => FieldType::Double,
+            Column::Long(_) => FieldType::Long,
+            Column::Bool(_) => FieldType::Boolean,
+            Column::Time(_) => FieldType::Timestamp,
+        };
+        Column::with_capacity(kind, rows, bytes)
+    }
+
     /// Bytes of text so far (strings only).
     fn text_bytes(&self) -> usize {
         match self {
@@ -123,7 +135,6 @@ impl Column {
 /// stream of batches fills them without regrowing.
 pub struct CleanRows {
     schema: SchemaRef,
-    kinds: Vec<FieldType>,
     /// Text bytes per row of each column in the last finished batch (0 for non-strings).
     text_per_row: Vec<usize>,
     time_index: usize,
@@ -136,13 +147,11 @@ pub struct CleanRows {
 
 impl CleanRows {
     pub fn new(schema: &Schema) -> CleanRows {
-        let kinds: Vec<FieldType> = schema.fields().iter().map(|f| f.kind).collect();
         CleanRows {
             schema: clean_schema(schema),
             time_index: schema.time_index(),
-            columns: kinds.iter().map(|&kind| Column::with_capacity(kind, 0, 0)).collect(),
-            text_per_row: vec![0; kinds.len()],
-            kinds,
+            columns: schema.fields().iter().map(|f| Column::with_capacity(f.kind, 0, 0)).collect(),
+            text_per_row: vec![0; schema.fields().len()],
             event_date: Date32Builder::new(),
             partition: Int32Builder::new(),
             offset: Int64Builder::new(),
@@ -180,10 +189,10 @@ impl CleanRows {
         if self.rows > 0 {
             return;
         }
-        for ((column, &kind), &per_row) in self.columns.iter_mut().zip(&self.kinds).zip(&self.text_per_row) {
+        for (column, &per_row) in self.columns.iter_mut().zip(&self.text_per_row) {
             // An eighth more than the last batch's mean, for longer values.
             let text = rows.saturating_mul(per_row).saturating_mul(9) / 8;
-            *column = Column::with_capacity(kind, rows, text.min(max_text));
+            *column = column.sized_like(rows, text.min(max_text));
         }
         self.event_date = Date32Builder::with_capacity(rows);
         self.partition = Int32Builder::with_capacity(rows);
