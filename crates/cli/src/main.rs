@@ -82,7 +82,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Config(a) => {
             config.apply_produce(&a.produce);
             config.validate_common().map_err(usage)?;
-            print!("{}", toml::to_string(&config).context("printing the settings")?);
+            print!("{}", toml::to_string(&config.redacted()).context("printing the settings")?);
             Ok(())
         }
         Command::Produce(a) => {
@@ -120,21 +120,30 @@ fn run(cli: Cli) -> Result<()> {
             let schema = config.validate_common().map_err(usage)?;
             let settings = config.ingest.validate().map_err(explain).map_err(usage)?;
             init_logging(&config)?;
-            let job =
-                IngestJob { settings, kafka: config.kafka.clone(), tables: config.tables.clone(), schema };
+            let job = IngestJob {
+                settings,
+                kafka: config.kafka.clone(),
+                tables: config.tables.clone(),
+                schema,
+                hooks: Default::default(),
+            };
             let report = runtime()?.block_on(async {
                 let shutdown = Shutdown::new();
                 shutdown.on_signals();
                 ingest::run(job, shutdown).await
             })?;
             eprintln!(
-                "ingested {} rows, quarantined {}, duplicates {}, in {} commits ({:.1} s); table version {}",
+                "ingested {} rows, quarantined {}, read again {}, in {} commits ({:.1} s); table version {}{}",
                 report.written,
                 report.quarantined,
-                report.duplicates,
+                report.discarded,
                 report.commits,
                 report.elapsed_s,
-                report.clean_version.map_or("none".to_string(), |v| v.to_string())
+                report.clean_version.map_or("none".to_string(), |v| v.to_string()),
+                match report.skipped_offsets {
+                    0 => String::new(),
+                    n => format!("; {n} offsets skipped (deleted by retention before they were read)"),
+                }
             );
             Ok(())
         }

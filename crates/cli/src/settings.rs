@@ -121,6 +121,20 @@ impl Config {
     }
 
     /// Puts the common flags (and environment) over the file.
+    /// The settings with every secret value (passwords, tokens, keys) shown as `[hidden]`.
+    pub fn redacted(&self) -> Config {
+        let hide = |m: &std::collections::BTreeMap<String, String>| {
+            m.iter().map(|(k, v)| (k.clone(), txpipe_connectors::kafka::redact(k, v).to_string())).collect()
+        };
+        let mut c = self.clone();
+        c.kafka.properties = hide(&self.kafka.properties);
+        c.tables.storage_options = hide(&self.tables.storage_options);
+        if !c.clickhouse.password.is_empty() {
+            c.clickhouse.password = txpipe_connectors::kafka::HIDDEN.to_string();
+        }
+        c
+    }
+
     pub fn apply_common(&mut self, a: &CommonArgs) {
         set(&mut self.kafka.brokers, &a.brokers);
         set(&mut self.clickhouse.url, &a.clickhouse_url);

@@ -71,7 +71,7 @@ fn bad_values_exit_2_naming_the_setting_and_the_expected_form() {
         ),
         (vec!["produce", "--malformed-rate", "2"], vec![], vec!["produce.malformed_rate", "from 0 to 1"]),
         (vec!["produce", "--start-time", "yesterday"], vec![], vec!["produce.start_time", "RFC 3339"]),
-        (vec!["produce", "--span", "7 weeks"], vec![], vec!["produce.span", "duration"]),
+        (vec!["produce", "--span", "7 fortnights"], vec![], vec!["produce.span", "duration"]),
         (vec!["produce", "--count", "many"], vec![], vec!["--count", "many"]),
         (vec!["ingest", "--clickhouse-url", "localhost"], vec![], vec!["clickhouse.url", "http://HOST:PORT"]),
         (vec!["ingest", "--exit-when-idle", "-1"], vec![], vec!["ingest.exit_when_idle", "positive"]),
@@ -173,4 +173,41 @@ fn an_unreachable_broker_is_retried_then_reported() {
     assert!(err.contains("retrying") && err.contains("attempt=1"), "one retry is logged: {err}");
     assert!(err.contains("error: kafka broker 127.0.0.1:1 did not answer"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn secrets_are_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("txpipe.toml");
+    std::fs::write(
+        &file,
+        "[kafka]\nconnect_attempts = 1\n[kafka.properties]\n\"security.protocol\" = \"sasl_plaintext\"\n\
+         \"sasl.mechanisms\" = \"PLAIN\"\n\"sasl.username\" = \"alice\"\n\"sasl.password\" = \"hunter2-pw\"\n\
+         \"sasl.jaas.config\" = \"hunter2-jaas\"\n\
+         [tables.storage_options]\nAWS_REGION = \"us-east-1\"\nAWS_SECRET_ACCESS_KEY = \"hunter2-aws\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(txpipe().args(["config", "--config"]).arg(&file));
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("hunter2"), "{out}");
+    assert!(
+        out.contains("\"sasl.password\" = \"[hidden]\"")
+            && out.contains("AWS_SECRET_ACCESS_KEY = \"[hidden]\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"sasl.username\" = \"alice\"") && out.contains("AWS_REGION = \"us-east-1\""),
+        "{out}"
+    );
+    // A run that fails on the broker, with debug logs: the secrets appear in no line.
+    for job in [&["produce", "--count", "1"][..], &["ingest", "--exit-when-idle", "1"]] {
+        let (code, out, err) = run(txpipe()
+            .args(job)
+            .args(["--brokers", "127.0.0.1:1", "--log-level", "debug", "--config"])
+            .arg(&file)
+            .env("TXPIPE_TABLE", dir.path().join("clean"))
+            .env("TXPIPE_QUARANTINE_TABLE", dir.path().join("quarantine")));
+        assert_eq!(code, 1, "{job:?}: {err}");
+        assert!(!out.contains("hunter2") && !err.contains("hunter2"), "{job:?}: {err}");
+    }
 }

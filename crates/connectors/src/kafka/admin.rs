@@ -13,11 +13,7 @@ use crate::retry::Backoff;
 type Admin = AdminClient<DefaultClientContext>;
 
 fn admin(config: &KafkaConfig) -> Result<Arc<Admin>> {
-    config
-        .client_config(&[])
-        .create::<Admin>()
-        .map(Arc::new)
-        .map_err(|source| KafkaError::Client { brokers: config.brokers.clone(), source })
+    config.client_config(&[]).create::<Admin>().map(Arc::new).map_err(|source| config.client_error(source))
 }
 
 /// Partitions of `topic`, or `None` when the broker does not know it. Blocking.

@@ -10,7 +10,7 @@ mod error;
 mod producer;
 
 pub use admin::{create_topic, delete_topic, ensure_topic, wait_for_broker};
-pub use config::KafkaConfig;
-pub use consumer::{Consumer, OffsetSource, StartAt};
+pub use config::{HIDDEN, KafkaConfig, is_secret, redact};
+pub use consumer::{Consumer, MissingOffsets, OffsetSource, PartitionEvent, Polled, Positioning, StartAt};
 pub use error::{KafkaError, Result};
 pub use producer::{DeliveryStats, Producer};

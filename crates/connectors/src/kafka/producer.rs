@@ -71,7 +71,7 @@ impl Producer {
                 ("message.timeout.ms", "120000"),
             ])
             .create_with_context(Deliveries::default())
-            .map_err(|source| KafkaError::Client { brokers: config.brokers.clone(), source })?;
+            .map_err(|source| config.client_error(source))?;
         Ok(Producer { inner, topic: config.topic.clone(), sent: 0 })
     }
 

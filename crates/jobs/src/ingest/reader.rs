@@ -1,9 +1,11 @@
 //! The reader stage of ingest: one thread that polls the consumer and copies messages into
 //! batches for the parse stage.
 //!
-//! In: Kafka messages; control messages from the writer (seek back to the table's positions,
-//! committed positions as a group-offset hint). Out: [`RawBatch`]es tagged with the consumer's
-//! generation, so that the writer can drop what was read before a rebalance or a seek.
+//! In: Kafka messages and partition changes; control messages from the writer (move back to the
+//! table's positions, committed positions as a group-offset hint). Out: [`RawBatch`]es whose
+//! spans say, per partition, what the table must hold right before them (the *anchor*: the
+//! stored offset the partition was positioned after, then the last offset handed over), and
+//! barriers that make the writer commit before partitions are taken away.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -12,13 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::Message;
 use txpipe_connectors::delta::{DeltaError, Table};
-use txpipe_connectors::kafka::{Consumer, KafkaConfig, OffsetSource, StartAt};
+use txpipe_connectors::kafka::{
+    Consumer, KafkaConfig, KafkaError, MissingOffsets, OffsetSource, PartitionEvent, Positioning,
+};
 use txpipe_connectors::retry::Backoff;
 use txpipe_core::schema::Schema;
 
-use super::parse::{self, Chunk, RawBatch};
+use super::Positions;
+use super::parse::{self, Limits, Raw, RawBatch, Staged};
 use crate::{JobError, Result};
 
 /// Messages per batch handed to the parse stage (fewer when the flush size is smaller).
@@ -35,8 +39,9 @@ const HOUSEKEEPING_EVERY: u32 = 256;
 
 /// Writer → reader.
 pub(super) enum Control {
-    /// Move these partitions back to the table's positions.
-    Reseek(HashMap<i32, StartAt>),
+    /// Drop what is read but not handed over, move every partition back to the table's
+    /// positions, and tag the batches from there on with this token.
+    Reseek(u64),
     /// These positions are committed: record them in the consumer group (monitoring only).
     Committed(HashMap<i32, i64>),
 }
@@ -74,19 +79,25 @@ impl Activity {
 pub(super) struct ReaderSetup {
     pub kafka: KafkaConfig,
     pub schema: Schema,
-    pub start: StartAt,
+    pub positioning: Positioning,
+    pub limits: Limits,
     pub positions: Table,
     pub runtime: tokio::runtime::Handle,
-    pub chunks: tokio::sync::mpsc::Sender<Chunk>,
+    pub chunks: tokio::sync::mpsc::Sender<Staged>,
     pub control: Receiver<Control>,
     pub stop: Arc<AtomicBool>,
     /// The writer's flush size: no chunk is larger.
     pub flush_rows: usize,
+    /// How long a revocation waits for the writer to commit (None: it does not ask).
+    pub revoke_wait: Option<Duration>,
+    pub hooks: super::Hooks,
 }
 
 /// What the reader did.
 pub(super) struct ReaderOutcome {
     pub read: u64,
+    /// Offsets passed over because retention had deleted them (`missing_offsets = "skip"`).
+    pub skipped: u64,
 }
 
 pub(super) struct ReaderHandle {
@@ -112,145 +123,297 @@ impl ReaderHandle {
     }
 }
 
-/// Answers the consumer's "where does partition p start?" from the clean table.
+/// The clean table's side of the consumer group: where partitions start, and a commit before
+/// partitions are taken away.
 struct TablePositions {
     table: Mutex<Table>,
     runtime: tokio::runtime::Handle,
-    start: StartAt,
+    /// The way to the writer, for barriers.
+    raw: SyncSender<Raw>,
+    revoke_wait: Option<Duration>,
 }
 
 impl OffsetSource for TablePositions {
-    fn start_offsets(&self, partitions: &[i32]) -> std::result::Result<HashMap<i32, StartAt>, String> {
+    fn stored(&self, partitions: &[i32]) -> std::result::Result<HashMap<i32, Option<i64>>, String> {
         let mut table = self.table.lock().map_err(|_| "positions table lock poisoned".to_string())?;
-        let backoff = Backoff::default();
-        let mut attempt = 1;
-        let read = loop {
-            let r = self.runtime.block_on(async {
-                table.refresh().await?;
-                table.positions(partitions).await
-            });
-            match r {
-                Err(e) if e.retryable() && attempt < backoff.attempts => {
-                    tracing::warn!(attempt, error = %e, "reading positions failed; retrying");
-                    std::thread::sleep(backoff.delay(attempt));
-                    attempt += 1;
-                }
-                other => break other,
-            }
-        };
-        let stored = read.map_err(|e: DeltaError| e.to_string())?;
-        Ok(stored.into_iter().map(|(p, v)| (p, v.map_or(self.start, StartAt::After))).collect())
+        Backoff::default()
+            .retry_blocking("reading the table's positions", DeltaError::retryable, || {
+                self.runtime.block_on(async {
+                    table.refresh().await?;
+                    table.positions(partitions).await
+                })
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    fn pin(&self, positions: &HashMap<i32, i64>) -> std::result::Result<HashMap<i32, Option<i64>>, String> {
+        let mut table = self.table.lock().map_err(|_| "positions table lock poisoned".to_string())?;
+        let partitions: Vec<i32> = positions.keys().copied().collect();
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("txpipe.start".into(), "latest".into());
+        Backoff::default()
+            .retry_blocking("storing start positions", DeltaError::retryable, || {
+                self.runtime.block_on(async {
+                    table.refresh().await?;
+                    let held = table.positions(&partitions).await?;
+                    let unset: Positions = positions
+                        .iter()
+                        .filter(|(p, _)| held.get(p).copied().flatten().is_none())
+                        .map(|(&p, &o)| (p, o))
+                        .collect();
+                    if unset.is_empty() {
+                        return Ok(held);
+                    }
+                    match table.commit(Vec::new(), &unset, metadata.clone()).await {
+                        Ok(version) => {
+                            tracing::info!(?unset, version, "start positions stored (start = latest)")
+                        }
+                        // Another member stored positions first: theirs count.
+                        Err(DeltaError::Conflict { .. }) => table.refresh().await?,
+                        Err(e) => return Err(e),
+                    }
+                    table.positions(&partitions).await
+                })
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    fn revoking(&self, partitions: &[i32]) {
+        if let Some(wait) = self.revoke_wait {
+            barrier(&self.raw, wait, &format!("partitions {partitions:?} are taken away"));
+        }
+    }
+}
+
+/// Asks the writer to commit everything handed over so far, and waits for it at most `wait`.
+fn barrier(raw: &SyncSender<Raw>, wait: Duration, why: &str) {
+    let (ack, done) = std::sync::mpsc::sync_channel(1);
+    if raw.send(Raw::Barrier(ack)).is_err() {
+        return; // the writer is gone
+    }
+    let started = Instant::now();
+    match done.recv_timeout(wait) {
+        Ok(()) => {
+            tracing::info!(why, wait_ms = started.elapsed().as_millis() as u64, "committed what was read")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tracing::warn!(
+            why,
+            wait_s = wait.as_secs_f64(),
+            "the commit of what was read did not finish in time; the partitions' next owner may read \
+             some messages again (a commit that would overlap is refused)"
+        ),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
     }
 }
 
 /// Subscribes and starts the reader thread and the parse thread behind it.
 pub(super) fn spawn(setup: ReaderSetup) -> Result<ReaderHandle> {
+    // Two batches in flight: one being parsed, one ready.
+    let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel(1);
     let source = Arc::new(TablePositions {
         table: Mutex::new(setup.positions),
         runtime: setup.runtime.clone(),
-        start: setup.start,
+        raw: raw_tx.clone(),
+        revoke_wait: setup.revoke_wait,
     });
-    let consumer = Consumer::subscribe(&setup.kafka, source)?;
+    let consumer = Consumer::subscribe(&setup.kafka, source, setup.positioning)?;
     let activity = Arc::new(Activity {
         started: Instant::now(),
         last_ms: AtomicU64::new(0),
         assigned: AtomicBool::new(false),
         lag: AtomicI64::new(-1),
     });
-    // Two batches in flight: one being parsed, one ready.
-    let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel(1);
-    let parse = parse::spawn(setup.schema, setup.kafka.topic.clone(), raw_rx, setup.chunks)?;
+    let parse = parse::spawn(setup.schema, setup.kafka.topic.clone(), setup.limits, raw_rx, setup.chunks)?;
     let thread_activity = activity.clone();
     let thread = std::thread::Builder::new()
         .name("ingest-reader".into())
         .spawn(move || {
-            let batch_rows = BATCH_ROWS.min(setup.flush_rows);
-            read_loop(consumer, (raw_tx, setup.control, setup.stop), batch_rows, &thread_activity)
+            let mut reader = Reader {
+                consumer,
+                batches: raw_tx,
+                control: setup.control,
+                batch_rows: BATCH_ROWS.min(setup.flush_rows),
+                max_message_bytes: setup.limits.max_message_bytes,
+                missing: setup.positioning.missing,
+                revoke_wait: setup.revoke_wait,
+                hooks: setup.hooks,
+                anchors: HashMap::new(),
+                token: 0,
+                read: 0,
+                skipped: 0,
+            };
+            reader.run(&setup.stop, &thread_activity)
         })
         .map_err(|e| JobError::Internal(format!("starting the reader thread: {e}")))?;
     Ok(ReaderHandle { thread, parse, activity })
 }
 
-/// Batches out, control in, and the stop flag.
-type ReaderIo = (SyncSender<RawBatch>, Receiver<Control>, Arc<AtomicBool>);
-
-fn read_loop(
+/// The reader thread's state.
+struct Reader {
     consumer: Consumer,
-    (batches, control, stop): ReaderIo,
+    batches: SyncSender<Raw>,
+    control: Receiver<Control>,
     batch_rows: usize,
-    activity: &Activity,
-) -> Result<ReaderOutcome> {
-    // Room for a full batch of messages of the size seen so far.
-    let mut room = batch_rows * 256;
-    let mut batch = RawBatch::with_capacity(consumer.generation(), batch_rows, room);
-    let mut read = 0u64;
-    let mut last_error_log: Option<Instant> = None;
-    // Messages since the control channel and the consumer's state were last looked at.
-    let mut unchecked = HOUSEKEEPING_EVERY;
-    let mut polled_nothing = true;
-    while !stop.load(Ordering::SeqCst) {
-        if polled_nothing || unchecked >= HOUSEKEEPING_EVERY {
-            unchecked = 0;
-            if let Some(failure) = consumer.failure() {
-                return Err(JobError::Internal(format!("kafka consumer: {failure}")));
+    max_message_bytes: usize,
+    missing: MissingOffsets,
+    revoke_wait: Option<Duration>,
+    hooks: super::Hooks,
+    /// Per assigned partition, what the table must hold right before the next message read:
+    /// set at assignment or reseek, then moved to the last offset of each batch handed over.
+    anchors: HashMap<i32, Option<i64>>,
+    /// The writer's last reseek, carried by every batch read after it.
+    token: u64,
+    read: u64,
+    skipped: u64,
+}
+
+impl Reader {
+    fn run(&mut self, stop: &AtomicBool, activity: &Activity) -> Result<ReaderOutcome> {
+        // Room for a full batch of messages of the size seen so far.
+        let mut room = self.batch_rows * 256;
+        let mut batch = RawBatch::with_capacity(self.token, self.batch_rows, room);
+        let mut generation = self.consumer.generation();
+        let mut last_error_log: Option<Instant> = None;
+        // Messages since the control channel and the consumer's state were last looked at.
+        let mut unchecked = HOUSEKEEPING_EVERY;
+        let mut polled_nothing = true;
+        while !stop.load(Ordering::SeqCst) {
+            if polled_nothing || unchecked >= HOUSEKEEPING_EVERY {
+                unchecked = 0;
+                activity.lag.store(self.consumer.lag(), Ordering::Relaxed);
+                while let Ok(c) = self.control.try_recv() {
+                    match c {
+                        Control::Reseek(token) => {
+                            self.token = token;
+                            batch = RawBatch::with_capacity(token, self.batch_rows, room);
+                            self.reseek()?;
+                        }
+                        Control::Committed(positions) => self.consumer.commit_hint(&positions),
+                    }
+                }
             }
-            activity.lag.store(consumer.lag(), Ordering::Relaxed);
-            while let Ok(c) = control.try_recv() {
-                match c {
-                    Control::Reseek(starts) => consumer.seek(&starts)?,
-                    Control::Committed(positions) => consumer.commit_hint(&positions),
+            unchecked += 1;
+            // While messages flow, ask without waiting (no clock reads in the client).
+            let polled = self.consumer.poll(if polled_nothing { IDLE_POLL } else { Duration::ZERO });
+            // Partitions assigned or revoked inside that poll: nothing is handled before their
+            // positions are known to be good.
+            let now = self.consumer.generation();
+            if now != generation {
+                generation = now;
+                if let Some(failure) = self.consumer.failure() {
+                    return Err(JobError::Internal(format!("kafka consumer: {failure}")));
+                }
+                let events = self.consumer.take_events();
+                if let Some(gate) = &self.hooks.assigned
+                    && events.iter().any(|e| matches!(e, PartitionEvent::Assigned { .. }))
+                {
+                    gate.arrive();
+                }
+                apply(&mut self.anchors, &mut self.skipped, events);
+                batch.retain_partitions(|p| self.anchors.contains_key(&p));
+                // New positions may bring input: idleness counts from here.
+                activity.touch();
+                if !self.anchors.is_empty() {
+                    activity.assigned.store(true, Ordering::Relaxed);
+                }
+            }
+            // The end of a run of messages: idleness counts from here.
+            if polled.is_none() && !polled_nothing {
+                activity.touch();
+            }
+            polled_nothing = polled.is_none();
+            match polled {
+                Some(Ok(m)) => {
+                    self.read += 1;
+                    if self.read.is_multiple_of(256) {
+                        activity.touch();
+                    }
+                    batch.push(m.partition(), m.offset(), m.payload(), self.max_message_bytes);
+                }
+                Some(Err(e @ KafkaError::OffsetsLost { .. })) => {
+                    if self.missing == MissingOffsets::Fail {
+                        return Err(e.into());
+                    }
+                    // Placed again from the table, where the skip is counted.
+                    tracing::warn!(error = %e, "read position lost; moving back to the table's positions");
+                    batch = RawBatch::with_capacity(self.token, self.batch_rows, room);
+                    self.reseek()?;
+                }
+                // librdkafka reconnects by itself; say so at most every 5 s.
+                Some(Err(e)) if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) => {
+                    tracing::warn!(error = %e, "kafka consumer error (retrying)");
+                    last_error_log = Some(Instant::now());
+                }
+                Some(Err(_)) | None => {}
+            }
+            let full = batch.len() >= self.batch_rows || batch.bytes() >= BATCH_BYTES;
+            // Reading the clock per message costs more than copying some; look every 256.
+            let look = polled_nothing || batch.len().is_multiple_of(256);
+            let due = look && !batch.is_empty() && batch.since.elapsed() >= BATCH_AGE;
+            if full || due {
+                room = room.max(batch.bytes()).min(BATCH_BYTES);
+                let next = RawBatch::with_capacity(self.token, self.batch_rows, room);
+                if !self.hand_over(std::mem::replace(&mut batch, next)) {
+                    // The parse thread is gone: the writer stopped, and says why.
+                    return Ok(self.outcome());
                 }
             }
         }
-        unchecked += 1;
-        // While messages flow, ask without waiting (no clock reads in the client).
-        let polled = consumer.poll(if polled_nothing { IDLE_POLL } else { Duration::ZERO });
-        // A rebalance or seek (inside poll or just above) starts a new generation: what was
-        // read before it will be read again from the table's positions.
-        let generation = consumer.generation();
-        if generation != batch.generation {
-            batch = RawBatch::with_capacity(generation, batch_rows, room);
-            // New positions may bring input: idleness counts from here.
-            activity.touch();
-            if !consumer.assigned().is_empty() {
-                activity.assigned.store(true, Ordering::Relaxed);
-            }
+        if !batch.is_empty() {
+            self.hand_over(batch);
         }
-        // The end of a run of messages: idleness counts from here.
-        if polled.is_none() && !polled_nothing {
-            activity.touch();
+        // Leave the group only once what was read is committed, so that the partitions' next
+        // owners start after it.
+        if let Some(wait) = self.revoke_wait {
+            barrier(&self.batches, wait, "leaving the group");
         }
-        polled_nothing = polled.is_none();
-        match polled {
-            Some(Ok(m)) => {
-                read += 1;
-                if read.is_multiple_of(256) {
-                    activity.touch();
+        Ok(self.outcome())
+    }
+
+    fn outcome(&self) -> ReaderOutcome {
+        ReaderOutcome { read: self.read, skipped: self.skipped }
+    }
+
+    /// Moves every assigned partition back to the table's positions.
+    fn reseek(&mut self) -> Result<()> {
+        let events = self.consumer.reseek()?;
+        apply(&mut self.anchors, &mut self.skipped, events);
+        Ok(())
+    }
+
+    /// Seals a batch with its spans and sends it on; false when the parse thread is gone.
+    fn hand_over(&mut self, mut batch: RawBatch) -> bool {
+        batch.seal(|p| self.anchors.get(&p).copied().flatten());
+        if let Some(stray) = batch.spans.iter().find(|s| !self.anchors.contains_key(&s.partition)) {
+            // Not a partition of this consumer (never expected): its messages are not ours to write.
+            tracing::warn!(partition = stray.partition, "messages of a partition not assigned here; dropped");
+            batch.retain_partitions(|p| self.anchors.contains_key(&p));
+            batch.seal(|p| self.anchors.get(&p).copied().flatten());
+        }
+        if batch.is_empty() {
+            return true;
+        }
+        for span in &batch.spans {
+            self.anchors.insert(span.partition, Some(span.last));
+        }
+        self.batches.send(Raw::Batch(batch)).is_ok()
+    }
+}
+
+/// Records partition changes: where assigned partitions start, and which ones left.
+fn apply(anchors: &mut HashMap<i32, Option<i64>>, skipped_total: &mut u64, events: Vec<PartitionEvent>) {
+    for event in events {
+        match event {
+            PartitionEvent::Assigned { partition, anchor, skipped } => {
+                anchors.insert(partition, anchor);
+                *skipped_total += skipped;
+                if skipped > 0 {
+                    metrics::counter!("txpipe_ingest_offsets_skipped_total").increment(skipped);
                 }
-                batch.push(m.partition(), m.offset(), m.payload().unwrap_or_default());
             }
-            // librdkafka reconnects by itself; say so at most every 5 s.
-            Some(Err(e)) if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) => {
-                tracing::warn!(error = %e, "kafka consumer error (retrying)");
-                last_error_log = Some(Instant::now());
-            }
-            Some(Err(_)) | None => {}
-        }
-        let full = batch.len() >= batch_rows || batch.bytes() >= BATCH_BYTES;
-        // Reading the clock per message costs more than copying some; look every 256.
-        let look = polled_nothing || batch.len().is_multiple_of(256);
-        let due = look && !batch.is_empty() && batch.since.elapsed() >= BATCH_AGE;
-        if full || due {
-            room = room.max(batch.bytes()).min(BATCH_BYTES);
-            let next = RawBatch::with_capacity(batch.generation, batch_rows, room);
-            if batches.send(std::mem::replace(&mut batch, next)).is_err() {
-                // The parse thread is gone: the writer stopped, and says why.
-                return Ok(ReaderOutcome { read });
+            PartitionEvent::Revoked { partition } => {
+                anchors.remove(&partition);
             }
         }
     }
-    if !batch.is_empty() {
-        let _ = batches.send(batch);
-    }
-    Ok(ReaderOutcome { read })
 }

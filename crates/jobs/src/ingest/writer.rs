@@ -1,14 +1,20 @@
 //! The writer stage of ingest: buffers chunks and commits them to the two tables.
 //!
-//! In: [`Chunk`]s from the reader. Out: commits. Clean rows are encoded into Parquet and
-//! uploaded as chunks arrive, so the buffer holds compressed files rather than Arrow arrays;
-//! the commit makes them visible. A commit happens on max rows, max bytes, max latency,
-//! shutdown or idle exit. Before committing, the clean table is reloaded: if it
-//! already holds a position at or past the first buffered offset of a partition (another
-//! writer, or a commit whose answer was lost), the buffer is dropped and the reader seeks back
-//! to the table's positions. Quarantine rows at or below the quarantine table's own position
-//! are already there (a crash between the two commits) and are skipped. The quarantine commit
-//! comes first, so that the clean table's positions never run ahead of it.
+//! In: [`Chunk`]s and barriers from the parse stage. Out: commits. Clean rows are encoded into
+//! Parquet and uploaded as chunks arrive, so the buffer holds compressed files rather than Arrow
+//! arrays; the commit makes them visible. A commit happens on max rows, max bytes, max latency,
+//! a barrier (partitions are being taken away), shutdown or idle exit.
+//!
+//! The rule that keeps every Kafka position exactly once: per partition, a buffer holds one
+//! unbroken run of offsets and the *anchor* it follows (the offset the table must hold right
+//! before it). A chunk that does not continue the buffer's run, and a commit whose anchors are
+//! not what the table holds (an overlap: another writer, or an own commit that landed
+//! although its answer was lost; a gap: positions read before a commit that landed later), drop
+//! the buffer and move the reader back to the table's positions. Delta's own conflict check on
+//! the `txn` actions guards the moment between the look and the commit. Quarantine rows at or
+//! below the quarantine table's own position are already there (a crash between the two
+//! commits) and are skipped; the quarantine commit comes first, so that the clean table's
+//! positions never run ahead of it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,37 +23,76 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::Receiver;
-use txpipe_connectors::delta::arrow::array::{
-    Array, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
-};
+use txpipe_connectors::delta::arrow::array::{Array, BooleanArray, Int32Array, Int64Array, RecordBatch};
 use txpipe_connectors::delta::arrow::compute::filter_record_batch;
 use txpipe_connectors::delta::{Add, DeltaError, Table, TableWriter};
-use txpipe_connectors::kafka::StartAt;
 use txpipe_connectors::retry::Backoff;
 
-use super::dedup::IdSet;
-use super::parse::Chunk;
+use super::parse::{Chunk, Span, Staged};
 use super::reader::{Activity, Control};
-use super::{IngestReport, IngestSettings, Positions};
-use crate::{JobError, Result, Shutdown};
+use super::{Hooks, IngestReport, IngestSettings, Positions};
+use crate::{Result, Shutdown};
+
+/// One partition's offsets in a buffer: `first..=last`, unbroken, following `anchor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    anchor: Option<i64>,
+    first: i64,
+    last: i64,
+}
+
+/// What this writer knows of the positions the clean table holds.
+///
+/// Invariant: for every partition in `stored`, the table at `version` holds that value (None:
+/// nothing). When the loaded table is at another version, everything is read again; after this
+/// writer's own commit, the partitions it committed hold their new values, and the others stay
+/// known only if no other commit came in between.
+#[derive(Debug, Default)]
+struct Ledger {
+    version: Option<u64>,
+    stored: HashMap<i32, Option<i64>>,
+}
+
+impl Ledger {
+    /// What the table (loaded at its newest version) holds for `partitions`.
+    async fn read(
+        &mut self,
+        table: &Table,
+        partitions: &[i32],
+    ) -> std::result::Result<HashMap<i32, Option<i64>>, DeltaError> {
+        if table.version() != self.version {
+            self.stored.clear();
+            self.version = table.version();
+        }
+        let unknown: Vec<i32> = partitions.iter().copied().filter(|p| !self.stored.contains_key(p)).collect();
+        if !unknown.is_empty() {
+            self.stored.extend(table.positions(&unknown).await?);
+        }
+        Ok(partitions.iter().map(|p| (*p, self.stored.get(p).copied().flatten())).collect())
+    }
+
+    /// This writer committed `positions` as `version`, having checked them at `read_version`.
+    fn committed(&mut self, read_version: Option<u64>, version: u64, positions: &Positions) {
+        if read_version.map(|v| v + 1) != Some(version) {
+            self.stored.clear();
+        }
+        self.version = Some(version);
+        self.stored.extend(positions.iter().map(|(&p, &o)| (p, Some(o))));
+    }
+}
 
 #[derive(Default)]
 struct Buffer {
-    generation: u64,
     /// Clean rows, being written as data files.
     clean: Option<TableWriter>,
     /// The finished data files, kept while their commit is retried.
     files: Option<Vec<Add>>,
     clean_rows: usize,
     quarantine: Vec<RecordBatch>,
-    /// Ids in this buffer.
-    ids: IdSet,
-    first: Positions,
-    last: Positions,
+    runs: BTreeMap<i32, Run>,
     rows: usize,
     bytes: u64,
     messages: u64,
-    duplicates: u64,
     since: Option<Instant>,
 }
 
@@ -56,43 +101,40 @@ impl Buffer {
         self.messages == 0
     }
 
-    /// Takes in a chunk's positions and quarantine rows; returns its clean rows, deduplicated.
-    fn add(&mut self, chunk: Chunk, id_column: usize) -> Result<RecordBatch> {
+    /// The first span that does not continue this buffer's run of its partition.
+    fn break_in<'a>(&self, spans: &'a [Span]) -> Option<(&'a Span, i64)> {
+        spans.iter().find_map(|s| {
+            self.runs.get(&s.partition).filter(|run| s.anchor != Some(run.last)).map(|run| (s, run.last))
+        })
+    }
+
+    /// Takes in a chunk (which continues the buffer); returns its clean rows.
+    fn add(&mut self, chunk: Chunk) -> RecordBatch {
         self.since.get_or_insert(chunk.since);
-        for (&p, &o) in &chunk.first {
-            self.first.entry(p).or_insert(o);
+        for s in &chunk.spans {
+            self.runs.entry(s.partition).and_modify(|run| run.last = s.last).or_insert(Run {
+                anchor: s.anchor,
+                first: s.first,
+                last: s.last,
+            });
         }
-        self.last.extend(chunk.last);
-        let clean = self.dedup(chunk.clean, id_column)?;
-        self.rows += clean.num_rows() + chunk.quarantine.num_rows();
-        self.clean_rows += clean.num_rows();
+        self.rows += chunk.clean.num_rows() + chunk.quarantine.num_rows();
+        self.clean_rows += chunk.clean.num_rows();
         self.quarantine.push(chunk.quarantine);
         self.bytes += chunk.bytes;
         self.messages += chunk.messages;
-        Ok(clean)
+        chunk.clean
+    }
+
+    /// The last offset per partition.
+    fn last(&self) -> Positions {
+        self.runs.iter().map(|(&p, run)| (p, run.last)).collect()
     }
 
     /// Whether a failed commit can be tried again: the clean rows are still in a writer or in
     /// finished files (or there are none).
     fn can_retry(&self) -> bool {
         self.files.is_some() || self.clean.is_some() || self.clean_rows == 0
-    }
-
-    /// Keeps the first row of each transaction id in the buffer.
-    fn dedup(&mut self, batch: RecordBatch, id_column: usize) -> Result<RecordBatch> {
-        let ids = batch
-            .column(id_column)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| JobError::Internal("the id column is not a string column".into()))?;
-        let keep = self.ids.insert_column(ids);
-        let dropped = keep.iter().filter(|k| !**k).count();
-        if dropped == 0 {
-            return Ok(batch);
-        }
-        self.duplicates += dropped as u64;
-        filter_record_batch(&batch, &BooleanArray::from(keep))
-            .map_err(|e| JobError::Internal(format!("dropping duplicate ids: {e}")))
     }
 }
 
@@ -102,14 +144,12 @@ pub(super) struct Writer {
     settings: IngestSettings,
     topic: String,
     control: Sender<Control>,
+    hooks: Hooks,
     buffer: Buffer,
-    /// Chunks of an older generation than this are stale.
-    floor: u64,
+    /// The last reseek asked of the reader: chunks read before it (an older token) are stale.
+    token: u64,
+    ledger: Ledger,
     report: IngestReport,
-    id_column: usize,
-    /// The clean table's version after this writer's last commit: while the table is still
-    /// there, no other writer has committed since, and the positions need no second look.
-    own_version: Option<u64>,
 }
 
 impl Writer {
@@ -119,7 +159,7 @@ impl Writer {
         settings: IngestSettings,
         topic: String,
         control: Sender<Control>,
-        id_column: usize,
+        hooks: Hooks,
     ) -> Writer {
         let report = IngestReport {
             clean_version: clean.version(),
@@ -132,11 +172,11 @@ impl Writer {
             settings,
             topic,
             control,
+            hooks,
             buffer: Buffer::default(),
-            floor: 0,
+            token: 0,
+            ledger: Ledger::default(),
             report,
-            id_column,
-            own_version: None,
         }
     }
 
@@ -147,7 +187,7 @@ impl Writer {
     /// Receives and commits until shutdown, idle exit, or the reader stops.
     pub async fn run(
         &mut self,
-        mut chunks: Receiver<Chunk>,
+        mut staged: Receiver<Staged>,
         shutdown: &Shutdown,
         stop_reader: &AtomicBool,
         activity: Arc<Activity>,
@@ -159,13 +199,8 @@ impl Writer {
             let deadline = self.buffer.since.map(|s| s + self.settings.flush_latency);
             let idle_check = self.settings.exit_when_idle.map(|_| Duration::from_millis(100));
             tokio::select! {
-                chunk = chunks.recv() => match chunk {
-                    Some(chunk) => {
-                        self.accept(chunk).await?;
-                        if self.buffer.rows >= self.settings.flush_rows || self.buffer.bytes >= self.settings.flush_bytes {
-                            self.flush().await?;
-                        }
-                    }
+                item = staged.recv() => match item {
+                    Some(item) => self.take(item).await?,
                     None => break,
                 },
                 _ = sleep_until(deadline), if deadline.is_some() => self.flush().await?,
@@ -177,7 +212,6 @@ impl Writer {
                         lag = activity.lag(),
                         written = self.report.written,
                         quarantined = self.report.quarantined,
-                        duplicates = self.report.duplicates,
                         discarded = self.report.discarded,
                         commits = self.report.commits,
                         version = ?self.report.clean_version,
@@ -205,24 +239,51 @@ impl Writer {
         }
         // Let the reader hand over what it holds, then commit everything.
         stop_reader.store(true, Ordering::SeqCst);
-        while let Some(chunk) = chunks.recv().await {
-            self.accept(chunk).await?;
+        while let Some(item) = staged.recv().await {
+            self.take(item).await?;
         }
         self.flush().await
     }
 
+    async fn take(&mut self, item: Staged) -> Result<()> {
+        match item {
+            Staged::Chunk(chunk) => {
+                self.accept(chunk).await?;
+                if self.buffer.rows >= self.settings.flush_rows
+                    || self.buffer.bytes >= self.settings.flush_bytes
+                {
+                    self.flush().await?;
+                }
+                Ok(())
+            }
+            Staged::Barrier(ack) => {
+                // Partitions are being taken away: commit what was read of them first.
+                let flushed = self.flush().await;
+                let _ = ack.send(());
+                flushed
+            }
+        }
+    }
+
     async fn accept(&mut self, chunk: Chunk) -> Result<()> {
-        if chunk.generation < self.floor.max(self.buffer.generation) {
-            // Built before a seek or rebalance that this buffer already follows.
+        if chunk.token < self.token {
+            // Read before the reader moved back to the table's positions.
             self.report.discarded += chunk.messages;
             return Ok(());
         }
-        if chunk.generation > self.buffer.generation && !self.buffer.is_empty() {
-            // A rebalance: the reader restarted its partitions from the table's positions.
-            self.discard("rebalance");
+        if let Some((span, last)) = self.buffer.break_in(&chunk.spans) {
+            // A partition was revoked and assigned again, or moved, while this buffer held it.
+            tracing::info!(
+                partition = span.partition,
+                buffered_to = last,
+                chunk_after = ?span.anchor,
+                "input does not follow on from the buffer"
+            );
+            self.report.discarded += chunk.messages;
+            self.reseek("input does not follow on");
+            return Ok(());
         }
-        self.buffer.generation = chunk.generation;
-        let clean = self.buffer.add(chunk, self.id_column)?;
+        let clean = self.buffer.add(chunk);
         if clean.num_rows() == 0 {
             return Ok(());
         }
@@ -236,12 +297,14 @@ impl Writer {
         if let Err(e) = written {
             // The files of this buffer are lost; its rows will be read again.
             tracing::warn!(error = %e, "writing data files failed");
-            return self.reseek().await;
+            self.reseek("writing data files failed");
         }
         Ok(())
     }
 
-    fn discard(&mut self, why: &str) {
+    /// Drops the buffer and moves the reader back to the clean table's positions: chunks read
+    /// before that are dropped as they arrive.
+    fn reseek(&mut self, why: &str) {
         let dropped = std::mem::take(&mut self.buffer);
         tracing::info!(
             messages = dropped.messages,
@@ -249,7 +312,9 @@ impl Writer {
             "dropping uncommitted rows; they will be read again"
         );
         self.report.discarded += dropped.messages;
-        self.buffer.generation = dropped.generation;
+        self.token += 1;
+        // The reader stops only after the writer: a closed channel means it failed, and says why.
+        let _ = self.control.send(Control::Reseek(self.token));
     }
 
     /// Commits the buffer (quarantine first, then clean), retrying storage failures.
@@ -271,11 +336,13 @@ impl Writer {
                 }
                 Err(e) if e.retryable() => {
                     tracing::warn!(error = %e, "finishing data files failed; reading the rows again");
-                    return self.reseek().await;
+                    self.reseek("finishing data files failed");
+                    return Ok(());
                 }
                 Err(DeltaError::Conflict { location }) => {
-                    tracing::warn!(%location, "another writer committed these partitions");
-                    return self.reseek().await;
+                    tracing::info!(%location, "the table's positions are not where this buffer follows on");
+                    self.reseek("positions moved");
+                    return Ok(());
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -284,98 +351,98 @@ impl Writer {
 
     async fn try_flush(&mut self) -> std::result::Result<(), DeltaError> {
         let started = Instant::now();
-        let partitions: Vec<i32> = self.buffer.first.keys().copied().collect();
-        self.clean.refresh().await?;
-        // Another writer may have committed these partitions since this one last did; if the
-        // version is still the one this writer committed, nobody has. (Delta's own check at
-        // commit time catches a commit that lands between this look and ours.)
-        let stored = if self.own_version.is_some() && self.clean.version() == self.own_version {
-            HashMap::new()
-        } else {
-            self.clean.positions(&partitions).await?
-        };
-        if let Some((p, v)) =
-            self.buffer.first.iter().find_map(|(p, &first)| {
-                stored.get(p).copied().flatten().filter(|&v| v >= first).map(|v| (*p, v))
-            })
-        {
-            tracing::info!(
-                partition = p,
-                stored = v,
-                first = self.buffer.first[&p],
-                "table already holds these offsets"
-            );
-            return Err(DeltaError::Conflict { location: self.clean.location().to_string() });
+        let read_version = self.check().await?;
+        let quarantined = self.commit_quarantine().await?;
+        if let Some(gate) = &self.hooks.before_commit {
+            gate.pass().await;
         }
-        let metadata = self.commit_metadata();
-        // Quarantine first, minus rows it already holds.
-        let mut bad: Vec<RecordBatch> = Vec::new();
-        if self.buffer.quarantine.iter().any(|b| b.num_rows() > 0) {
-            self.quarantine.refresh().await?;
-            let held = self.quarantine.positions(&partitions).await?;
-            for b in &self.buffer.quarantine {
-                bad.push(skip_held(b, &held)?);
+        self.commit_clean(read_version, quarantined, started).await
+    }
+
+    /// Every partition of the buffer must follow on from what the clean table holds, exactly:
+    /// more is an overlap, less a gap. Returns the version looked at.
+    async fn check(&mut self) -> std::result::Result<Option<u64>, DeltaError> {
+        self.clean.refresh().await?;
+        let partitions: Vec<i32> = self.buffer.runs.keys().copied().collect();
+        let stored = self.ledger.read(&self.clean, &partitions).await?;
+        for (p, run) in &self.buffer.runs {
+            let held = stored.get(p).copied().flatten();
+            if held != run.anchor {
+                let what = if held > run.anchor { "overlap" } else { "gap" };
+                tracing::info!(
+                    partition = p,
+                    table_holds = ?held,
+                    buffer_follows = ?run.anchor,
+                    first = run.first,
+                    last = run.last,
+                    what,
+                    "the buffer does not follow on from the table"
+                );
+                return Err(DeltaError::Conflict { location: self.clean.location().to_string() });
             }
         }
-        let bad_rows: usize = bad.iter().map(RecordBatch::num_rows).sum();
-        if bad_rows > 0 {
-            let positions: Positions = self.buffer.last.clone();
-            self.report.quarantine_version =
-                Some(self.quarantine.append(&bad, &positions, metadata.clone()).await?);
+        Ok(self.clean.version())
+    }
+
+    /// Commits the quarantined rows the quarantine table does not hold yet; returns their count.
+    async fn commit_quarantine(&mut self) -> std::result::Result<usize, DeltaError> {
+        if self.buffer.quarantine.iter().all(|b| b.num_rows() == 0) {
+            return Ok(0);
         }
+        let partitions: Vec<i32> = self.buffer.runs.keys().copied().collect();
+        self.quarantine.refresh().await?;
+        let held = self.quarantine.positions(&partitions).await?;
+        let mut bad: Vec<RecordBatch> = Vec::with_capacity(self.buffer.quarantine.len());
+        for b in &self.buffer.quarantine {
+            bad.push(skip_held(b, &held)?);
+        }
+        let rows: usize = bad.iter().map(RecordBatch::num_rows).sum();
+        if rows > 0 {
+            let metadata = self.commit_metadata();
+            self.report.quarantine_version =
+                Some(self.quarantine.append(&bad, &self.buffer.last(), metadata).await?);
+        }
+        Ok(rows)
+    }
+
+    async fn commit_clean(
+        &mut self,
+        read_version: Option<u64>,
+        quarantined: usize,
+        started: Instant,
+    ) -> std::result::Result<(), DeltaError> {
         let files = match (self.buffer.files.take(), self.buffer.clean.take()) {
             (Some(files), _) => files,
             (None, Some(writer)) => writer.finish().await?,
             (None, None) => Vec::new(),
         };
         self.buffer.files = Some(files.clone());
-        let version = self.clean.commit(files, &self.buffer.last, metadata).await?;
-        self.own_version = Some(version);
+        let last = self.buffer.last();
+        let version = self.clean.commit(files, &last, self.commit_metadata()).await?;
+        self.ledger.committed(read_version, version, &last);
         let good_rows = self.buffer.clean_rows;
         let latency = started.elapsed();
         let buffered_for = self.buffer.since.map(|s| s.elapsed()).unwrap_or_default();
         tracing::debug!(
             version,
             rows = good_rows,
-            quarantined = bad_rows,
+            quarantined,
             commit_ms = latency.as_millis() as u64,
             "committed"
         );
         metrics::counter!("txpipe_ingest_rows_written_total").increment(good_rows as u64);
-        metrics::counter!("txpipe_ingest_rows_quarantined_total").increment(bad_rows as u64);
-        metrics::counter!("txpipe_ingest_duplicates_total").increment(self.buffer.duplicates);
+        metrics::counter!("txpipe_ingest_rows_quarantined_total").increment(quarantined as u64);
         metrics::counter!("txpipe_ingest_commits_total").increment(1);
         metrics::histogram!("txpipe_ingest_commit_seconds").record(latency.as_secs_f64());
         metrics::histogram!("txpipe_ingest_buffer_age_seconds").record(buffered_for.as_secs_f64());
         metrics::gauge!("txpipe_ingest_table_version").set(version as f64);
         self.report.written += good_rows as u64;
-        self.report.quarantined += bad_rows as u64;
-        self.report.duplicates += self.buffer.duplicates;
+        self.report.quarantined += quarantined as u64;
         self.report.commits += 1;
         self.report.clean_version = Some(version);
-        let committed: HashMap<i32, i64> = self.buffer.last.iter().map(|(&p, &o)| (p, o)).collect();
-        let _ = self.control.send(Control::Committed(committed));
-        let generation = self.buffer.generation;
-        let mut ids = std::mem::take(&mut self.buffer.ids);
-        ids.clear();
-        self.buffer = Buffer { generation, ids, ..Buffer::default() };
+        let _ = self.control.send(Control::Committed(last.into_iter().collect()));
+        self.buffer = Buffer::default();
         Ok(())
-    }
-
-    /// Drops the buffer and moves the reader back to the clean table's positions.
-    async fn reseek(&mut self) -> Result<()> {
-        let partitions: Vec<i32> = self.buffer.first.keys().copied().collect();
-        self.clean.refresh().await?;
-        let stored = self.clean.positions(&partitions).await?;
-        let starts: HashMap<i32, StartAt> =
-            stored.into_iter().map(|(p, v)| (p, v.map_or(self.settings.start, StartAt::After))).collect();
-        tracing::info!(?starts, "moving the reader back to the table's positions");
-        self.discard("positions moved");
-        // Chunks of the current generation were built from the old positions.
-        self.floor = self.buffer.generation + 1;
-        self.control
-            .send(Control::Reseek(starts))
-            .map_err(|_| JobError::Internal("the reader stopped".into()))
     }
 
     fn commit_metadata(&self) -> serde_json::Map<String, serde_json::Value> {
@@ -385,9 +452,9 @@ impl Writer {
             "txpipe.offsets".into(),
             serde_json::json!(
                 self.buffer
-                    .first
+                    .runs
                     .iter()
-                    .map(|(p, f)| (p.to_string(), [*f, self.buffer.last[p]]))
+                    .map(|(p, run)| (p.to_string(), [run.first, run.last]))
                     .collect::<BTreeMap<_, _>>()
             ),
         );
@@ -421,5 +488,43 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(partition: i32, anchor: Option<i64>, first: i64, last: i64) -> Span {
+        Span { partition, anchor, first, last }
+    }
+
+    #[test]
+    fn a_chunk_must_follow_on_from_the_buffer_in_every_partition() {
+        let mut buffer = Buffer::default();
+        buffer.runs.insert(0, Run { anchor: Some(9), first: 10, last: 20 });
+        buffer.runs.insert(1, Run { anchor: None, first: 0, last: 5 });
+        // Continues both, and brings a new partition with its own anchor.
+        let ok = [span(0, Some(20), 21, 30), span(1, Some(5), 6, 6), span(2, Some(99), 100, 100)];
+        assert_eq!(buffer.break_in(&ok), None);
+        // Overlap (read again from an older position) and gap (skipped ahead).
+        let overlap = [span(0, Some(20), 21, 22), span(1, Some(3), 4, 9)];
+        assert_eq!(buffer.break_in(&overlap).map(|(s, last)| (s.partition, last)), Some((1, 5)));
+        let gap = [span(0, Some(25), 26, 27)];
+        assert_eq!(buffer.break_in(&gap).map(|(s, last)| (s.partition, last)), Some((0, 20)));
+        // A partition assigned again with nothing stored, while the buffer holds it.
+        assert!(buffer.break_in(&[span(1, None, 0, 3)]).is_some());
+    }
+
+    #[test]
+    fn the_ledger_keeps_only_what_it_knows_at_the_version() {
+        let mut ledger = Ledger { version: Some(4), stored: HashMap::from([(0, Some(10)), (1, None)]) };
+        // Committed right after the version looked at: the other partitions are still known.
+        ledger.committed(Some(4), 5, &BTreeMap::from([(0, 20)]));
+        assert_eq!(ledger.version, Some(5));
+        assert_eq!(ledger.stored, HashMap::from([(0, Some(20)), (1, None)]));
+        // Another writer's commit came in between: only what this writer committed is known.
+        ledger.committed(Some(5), 7, &BTreeMap::from([(2, 3)]));
+        assert_eq!((ledger.version, ledger.stored.clone()), (Some(7), HashMap::from([(2, Some(3))])));
     }
 }

@@ -85,3 +85,77 @@ pub fn read_all(
     }
     out
 }
+
+/// Produces `config`'s events into the topic with the real producer job.
+pub async fn produce_to(kafka: &KafkaConfig, config: &txpipe_jobs::produce::ProduceConfig) {
+    let job = txpipe_jobs::produce::ProduceJob {
+        settings: config.validate().unwrap(),
+        kafka: kafka.clone(),
+        schema: txpipe_core::schema::Schema::default_schema(),
+    };
+    let report = txpipe_jobs::produce::run(job, txpipe_jobs::Shutdown::new()).await.unwrap();
+    assert_eq!(report.delivered, Some(config.count));
+}
+
+/// An ingest job of the default schema into `dir/clean` and `dir/quarantine`.
+pub fn ingest_job(
+    kafka: &KafkaConfig,
+    dir: &std::path::Path,
+    config: txpipe_jobs::ingest::IngestConfig,
+) -> txpipe_jobs::ingest::IngestJob {
+    txpipe_jobs::ingest::IngestJob {
+        settings: config.validate().unwrap(),
+        kafka: kafka.clone(),
+        tables: txpipe_connectors::delta::TablesConfig {
+            clean: dir.join("clean").display().to_string(),
+            quarantine: dir.join("quarantine").display().to_string(),
+            ..txpipe_connectors::delta::TablesConfig::default()
+        },
+        schema: txpipe_core::schema::Schema::default_schema(),
+        hooks: Default::default(),
+    }
+}
+
+/// The (partition, offset) of every row of a Delta table.
+pub async fn table_positions(path: &std::path::Path) -> Vec<(i32, i64)> {
+    use txpipe_connectors::delta::arrow::array::{Array, Int32Array, Int64Array};
+    let table = deltalake::open_table(url::Url::from_directory_path(path).unwrap()).await.unwrap();
+    let mut out = Vec::new();
+    for b in txpipe_connectors::delta::read_rows(&table).await.unwrap() {
+        let p = b.column_by_name("kafka_partition").unwrap().as_any().downcast_ref::<Int32Array>().unwrap();
+        let o = b.column_by_name("kafka_offset").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        out.extend((0..b.num_rows()).map(|i| (p.value(i), o.value(i))));
+    }
+    out
+}
+
+/// Every Kafka position of the topic is in `dir/clean` or `dir/quarantine`, exactly once, and
+/// nothing else is (a fresh topic numbers each partition from 0 without gaps).
+pub async fn assert_every_position_once(kafka: &KafkaConfig, partitions: i32, dir: &std::path::Path) {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().expect("test consumer");
+    let mut want = Vec::new();
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(&kafka.topic, p, Duration::from_secs(10)).unwrap();
+        assert_eq!(low, 0, "a fresh topic");
+        want.extend((0..high).map(|o| (p, o)));
+    }
+    let mut got = table_positions(&dir.join("clean")).await;
+    if dir.join("quarantine").join("_delta_log").exists() {
+        got.extend(table_positions(&dir.join("quarantine")).await);
+    }
+    got.sort_unstable();
+    let twice: Vec<_> = got.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+    let set: std::collections::BTreeSet<(i32, i64)> = got.iter().copied().collect();
+    let missing: Vec<_> = want.iter().filter(|p| !set.contains(p)).collect();
+    assert!(
+        twice.is_empty() && missing.is_empty() && set.len() == want.len(),
+        "{} positions written twice (first {:?}), {} missing (first {:?}), {} in the tables, {} in the topic",
+        twice.len(),
+        twice.first(),
+        missing.len(),
+        missing.first(),
+        set.len(),
+        want.len()
+    );
+}
