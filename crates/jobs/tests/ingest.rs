@@ -251,3 +251,61 @@ async fn compaction_beside_ingest_keeps_files_few_and_rows_the_same() {
     assert!(files <= 8, "{files} data files after {} commits", report.commits);
     common::assert_every_position_once(&kafka, 2, dir.path()).await;
 }
+
+/// Retention deletes offsets before ingest read them: an error naming them by default, or
+/// (missing_offsets = "skip") a skip that is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_deleted_before_they_were_read_are_reported_or_skipped_and_counted() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let kafka = common::fresh_topic("ingest-retention", 1).await;
+    produce_to(&kafka, &ProduceConfig { count: 1_000, seed: 81, ..ProduceConfig::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = ingest::run(ingest_job(&kafka, dir.path(), idle(2.0)), Shutdown::new()).await.unwrap();
+    assert_eq!(first.written, 1_000);
+    // 1,000 more, of which retention deletes the first 500 before ingest runs again.
+    produce_to(&kafka, &ProduceConfig { count: 1_000, seed: 82, ..ProduceConfig::default() }).await;
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().unwrap();
+    let mut upto = rdkafka::TopicPartitionList::new();
+    upto.add_partition_offset(&kafka.topic, 0, rdkafka::Offset::Offset(1_500)).unwrap();
+    admin.delete_records(&upto, &AdminOptions::new()).await.unwrap();
+
+    let failed = ingest::run(ingest_job(&kafka, dir.path(), idle(2.0)), Shutdown::new()).await.unwrap_err();
+    let message = failed.to_string();
+    assert!(
+        message.contains("500 offsets (1000..=1499)") && message.contains("missing_offsets"),
+        "{message}"
+    );
+    let skip = IngestConfig { missing_offsets: "skip".into(), ..idle(2.0) };
+    let second = ingest::run(ingest_job(&kafka, dir.path(), skip), Shutdown::new()).await.unwrap();
+    assert_eq!((second.written, second.skipped_offsets), (500, 500), "{second:?}");
+    let clean = open(&dir.path().join("clean")).await;
+    assert_eq!(strings(&clean, "transaction_id").len(), 1_500);
+}
+
+/// A crash after the quarantine commit and before the clean one: the next run writes every
+/// clean row and no quarantined row twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_quarantine_and_the_clean_commit_duplicates_nothing() {
+    use txpipe_jobs::ingest::{Gate, Hooks};
+    let kafka = common::fresh_topic("ingest-crash-between", 2).await;
+    let config = ProduceConfig { count: 3_000, seed: 83, malformed_rate: 0.1, ..ProduceConfig::default() };
+    produce_to(&kafka, &config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let held = Gate::closed();
+    let mut job = ingest_job(&kafka, dir.path(), IngestConfig { flush_latency: "5s".into(), ..idle(2.0) });
+    job.hooks = Hooks { before_commit: Some(held.clone()), ..Hooks::default() };
+    let run = tokio::spawn(ingest::run(job, Shutdown::new()));
+    tokio::time::timeout(Duration::from_secs(90), held.reached(1)).await.expect("a commit reaches the hook");
+    // The quarantine commit landed; the process dies before the clean commit.
+    let quarantine = open(&dir.path().join("quarantine")).await;
+    assert!(
+        !quarantine.0.is_empty() && !dir.path().join("clean/_delta_log/00000000000000000001.json").exists()
+    );
+    run.abort();
+    let _ = run.await;
+    let again = ingest::run(ingest_job(&kafka, dir.path(), idle(2.0)), Shutdown::new()).await.unwrap();
+    assert!(again.written > 0, "{again:?}");
+    common::assert_every_position_once(&kafka, 2, dir.path()).await;
+}

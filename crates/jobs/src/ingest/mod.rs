@@ -85,7 +85,7 @@ impl Default for IngestConfig {
         IngestConfig {
             flush_rows: 250_000,
             flush_bytes: 64 << 20,
-            flush_latency: "1s".into(),
+            flush_latency: "250ms".into(),
             start: "earliest".into(),
             missing_offsets: "fail".into(),
             revoke_commit_timeout: "10s".into(),

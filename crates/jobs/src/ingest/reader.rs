@@ -31,7 +31,7 @@ const BATCH_ROWS: usize = 16_384;
 /// messages must not make a batch (and the Arrow chunk built from it) grow without bound.
 const BATCH_BYTES: usize = 16 << 20;
 /// Age at which a partial batch is handed over anyway.
-const BATCH_AGE: Duration = Duration::from_millis(100);
+const BATCH_AGE: Duration = Duration::from_millis(50);
 /// How long one poll waits when nothing came last time.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 /// Messages between two looks at the control channel and the consumer's state.
