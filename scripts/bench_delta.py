@@ -4,6 +4,10 @@
     bench_delta.py TABLE rate        steady-state rows/s between the first and the last commit
     bench_delta.py TABLE latency     produce -> visible latency per row (commit time - event_time),
                                      p50 / p99 / max in seconds, and data files per hour
+    bench_delta.py TABLE positions QUARANTINE COUNT
+                                     Kafka positions in TABLE and QUARANTINE together: how many
+                                     are there twice, and how many of COUNT (the topic's
+                                     messages, offsets without gaps) are missing
 
 Prints one JSON object. Event times must follow the clock (`produce --start-time now`).
 """
@@ -69,8 +73,20 @@ def latency(path):
     }
 
 
+def positions(path, quarantine, count):
+    seen = {}
+    for table in (path, quarantine):
+        if not os.path.exists(os.path.join(table, "_delta_log")):
+            continue
+        data = DeltaTable(table).to_pyarrow_table(columns=["kafka_partition", "kafka_offset"])
+        for p, o in zip(data.column("kafka_partition").to_pylist(), data.column("kafka_offset").to_pylist()):
+            seen[(p, o)] = seen.get((p, o), 0) + 1
+    twice = sum(n - 1 for n in seen.values() if n > 1)
+    return {"positions": sum(seen.values()), "twice": twice, "missing": int(count) - len(seen)}
+
+
 if __name__ == "__main__":
-    what = {"rate": rate, "latency": latency}[sys.argv[2]]
-    print(json.dumps(what(sys.argv[1])))
+    what = {"rate": rate, "latency": latency, "positions": positions}[sys.argv[2]]
+    print(json.dumps(what(sys.argv[1], *sys.argv[3:])))
     sys.stdout.flush()
     os._exit(0)

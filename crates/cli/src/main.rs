@@ -133,13 +133,14 @@ fn run(cli: Cli) -> Result<()> {
                 ingest::run(job, shutdown).await
             })?;
             eprintln!(
-                "ingested {} rows, quarantined {}, read again {}, in {} commits ({:.1} s); table version {}{}",
+                "ingested {} rows, quarantined {}, in {} commits ({:.1} s); table version {}; {} messages read, {} dropped before commit{}",
                 report.written,
                 report.quarantined,
-                report.discarded,
                 report.commits,
                 report.elapsed_s,
                 report.clean_version.map_or("none".to_string(), |v| v.to_string()),
+                report.read,
+                report.discarded,
                 match report.skipped_offsets {
                     0 => String::new(),
                     n => format!("; {n} offsets skipped (deleted by retention before they were read)"),

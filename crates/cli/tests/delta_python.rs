@@ -29,7 +29,7 @@ fn check(table: &std::path::Path, app_ids: &[String]) -> serde_json::Value {
 /// Reads `version N` and the counts from ingest's closing line.
 fn report_numbers(stderr: &str) -> (u64, u64, u64) {
     let line = stderr.lines().find(|l| l.starts_with("ingested ")).expect("ingest's closing line");
-    let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> = line.split([' ', ',', ';']).filter(|w| !w.is_empty()).collect();
     let after = |w: &str| words[words.iter().position(|x| *x == w).unwrap() + 1].parse::<u64>().unwrap();
     (words[1].parse().unwrap(), after("quarantined"), after("version"))
 }

@@ -84,6 +84,9 @@ pub struct ProduceSettings {
     pub rate: Option<f64>,
     pub output: Output,
     pub truth_output: Option<PathBuf>,
+    /// `start_time = "now"`: event times start when sending starts (after connecting), not
+    /// when the settings were read, so that paced event times keep pace with the clock.
+    pub start_now: bool,
 }
 
 impl ProduceConfig {
@@ -145,6 +148,7 @@ impl ProduceConfig {
             rate: (self.rate > 0.0).then_some(self.rate),
             output,
             truth_output: self.truth_output.as_ref().map(PathBuf::from),
+            start_now: self.start_time.trim() == "now",
         })
     }
 }
@@ -201,6 +205,16 @@ pub async fn run(job: ProduceJob, shutdown: Shutdown) -> Result<ProduceReport> {
             Some((w, path.clone()))
         }
         None => None,
+    };
+    let generator = if job.settings.start_now {
+        // Connecting took a while: the clock starts now.
+        let config = GeneratorConfig {
+            start_us: chrono::Utc::now().timestamp_micros(),
+            ..job.settings.generator.clone()
+        };
+        Generator::new(&job.schema, config)?
+    } else {
+        generator
     };
     let settings = job.settings.clone();
     tokio::task::spawn_blocking(move || produce_blocking(generator, sink, truth, &settings, &shutdown))

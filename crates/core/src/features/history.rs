@@ -1,0 +1,136 @@
+//! Per-account state for the history features: what earlier events of an account say about
+//! the current one. The caller feeds events in the table's order (Kafka partition, then
+//! offset: an account's events share a partition, so this is the order they arrived in);
+//! `train` and `score` feed the same order and get the same values.
+//!
+//! Memory: per account, its id, running count and sum of amounts, last event time, the
+//! countries seen, and the times of its events inside the window: about 100 bytes plus 8 per
+//! event in the window.
+
+use std::collections::{HashMap, VecDeque};
+
+/// Longest gap `seconds_since_previous` tells apart, and the value of a first event.
+const GAP_CAP_S: f64 = 30.0 * 86_400.0;
+
+#[derive(Debug, Default, Clone)]
+struct Account {
+    times: VecDeque<i64>,
+    newest: i64,
+    count: u64,
+    amounts: u64,
+    sum: f64,
+    last: Option<i64>,
+    countries: Vec<String>,
+}
+
+/// What an account's earlier events say about the current one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Seen {
+    /// Earlier events with a time in `(t − window, t]`.
+    pub in_window: u32,
+    /// `ln((amount + 1) / (earlier mean + 1))`, 0 without earlier amounts.
+    pub amount_vs_mean: f64,
+    /// `ln(1 + seconds since the previous event)`, the gap capped at 30 days (also for a first
+    /// event) and at 0 for an event older than the previous one.
+    pub log_seconds_since_previous: f64,
+    /// The account had events before, none from this country.
+    pub new_country: bool,
+}
+
+/// The history of every account seen so far.
+#[derive(Debug, Default, Clone)]
+pub struct History {
+    accounts: HashMap<String, Account>,
+}
+
+impl History {
+    pub fn new() -> History {
+        History::default()
+    }
+
+    /// Accounts seen.
+    pub fn len(&self) -> usize {
+        self.accounts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+    }
+
+    /// What the account's history says about an event at `t` (µs), then the event itself
+    /// added to it.
+    pub fn observe(
+        &mut self,
+        account: &str,
+        t: i64,
+        amount: Option<f64>,
+        country: Option<&str>,
+        window_us: i64,
+    ) -> Seen {
+        if !self.accounts.contains_key(account) {
+            self.accounts.insert(account.to_string(), Account::default());
+        }
+        let Some(a) = self.accounts.get_mut(account) else { unreachable!("inserted just above") };
+        let from = t.saturating_sub(window_us);
+        let in_window = a.times.iter().filter(|&&s| s > from && s <= t).count() as u32;
+        let amount_vs_mean = match (amount, a.amounts) {
+            (Some(x), n) if n > 0 => ((x.max(0.0) + 1.0) / (a.sum / n as f64 + 1.0)).ln(),
+            _ => 0.0,
+        };
+        let gap = a.last.map_or(GAP_CAP_S, |l| ((t - l) as f64 / 1e6).clamp(0.0, GAP_CAP_S));
+        let new_country = a.count > 0 && country.is_some_and(|c| !a.countries.iter().any(|s| s == c));
+        // Then the event joins the history.
+        a.count += 1;
+        if let Some(x) = amount {
+            a.amounts += 1;
+            a.sum += x.max(0.0);
+        }
+        a.last = Some(t);
+        if let Some(c) = country
+            && !a.countries.iter().any(|s| s == c)
+        {
+            a.countries.push(c.to_string());
+        }
+        a.newest = a.newest.max(t);
+        a.times.push_back(t);
+        let keep_from = a.newest.saturating_sub(window_us);
+        while a.times.front().is_some_and(|&s| s <= keep_from) {
+            a.times.pop_front();
+        }
+        Seen { in_window, amount_vs_mean, log_seconds_since_previous: gap.ln_1p(), new_country }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    #[test]
+    fn an_accounts_earlier_events_only() {
+        let mut h = History::new();
+        let first = h.observe("a", 100 * S, Some(10.0), Some("FR"), 3_600 * S);
+        assert_eq!(
+            first,
+            Seen {
+                in_window: 0,
+                amount_vs_mean: 0.0,
+                log_seconds_since_previous: GAP_CAP_S.ln_1p(),
+                new_country: false
+            }
+        );
+        let second = h.observe("a", 160 * S, Some(32.0), Some("DE"), 3_600 * S);
+        assert_eq!(second.in_window, 1);
+        assert!((second.amount_vs_mean - (33.0f64 / 11.0).ln()).abs() < 1e-12);
+        assert!((second.log_seconds_since_previous - 60f64.ln_1p()).abs() < 1e-12);
+        assert!(second.new_country);
+        // Another account knows nothing of the first.
+        assert_eq!(h.observe("b", 170 * S, Some(1.0), Some("DE"), 3_600 * S).in_window, 0);
+        // Two hours later the window is empty again; DE is not new any more.
+        let later = h.observe("a", 7_400 * S, None, Some("DE"), 3_600 * S);
+        assert_eq!((later.in_window, later.new_country), (0, false));
+        assert!((later.amount_vs_mean).abs() < 1e-12, "no amount: 0");
+        assert_eq!(h.len(), 2);
+    }
+}

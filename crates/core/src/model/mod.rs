@@ -1,0 +1,11 @@
+//! The model: a dense feature matrix, logistic regression (fit and score), and the measures of
+//! how good its probabilities are.
+
+mod kernels;
+pub mod logistic;
+pub mod matrix;
+pub mod metrics;
+
+pub use logistic::{ClassWeight, FitError, FitOptions, LogisticModel, fit, sigmoid};
+pub use matrix::Matrix;
+pub use metrics::{AtThreshold, Evaluation, ThresholdTarget, choose_threshold, evaluate};
