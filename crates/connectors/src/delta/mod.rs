@@ -14,6 +14,6 @@ pub use deltalake::arrow;
 /// A data file's `add` action, as a written batch hands it to its commit.
 pub use deltalake::kernel::Add;
 pub use maintenance::{CompactReport, compact, vacuum};
-pub use read::{DataFile, data_files, read_file, read_rows, string_values};
+pub use read::{DataFile, Projection, data_files, read_columns, read_file, read_rows, string_values};
 pub use rows::{CleanRows, EVENT_DATE, QuarantineRows, clean_schema, quarantine_schema};
 pub use table::{DeltaError, Table, TableWriter, open_existing};
