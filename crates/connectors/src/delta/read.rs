@@ -231,8 +231,10 @@ mod tests {
         .unwrap();
         let rows =
             crate::delta::table::tests::rows(&parser, &["2026-11-01T08:00:00Z", "2026-11-02T08:00:00Z"]);
-        let v1 =
-            table.append(&[rows.clone()], &BTreeMap::from([(0, 1)]), serde_json::Map::new()).await.unwrap();
+        let v1 = table
+            .append(std::slice::from_ref(&rows), &BTreeMap::from([(0, 1)]), serde_json::Map::new())
+            .await
+            .unwrap();
         table.append(&[rows], &BTreeMap::from([(0, 3)]), serde_json::Map::new()).await.unwrap();
         let wanted = ["amount", "event_date", "kafka_offset", "no_such_column"];
         let latest = read_columns(&location, &BTreeMap::new(), None, &wanted, 4).await.unwrap();
