@@ -156,7 +156,13 @@ pub struct TrainArgs {
     /// Model directory.
     #[arg(long, env = "TXPIPE_MODEL_DIR", value_name = "DIR")]
     pub model_dir: Option<String>,
-    /// Also score the history into ClickHouse transactions_batch.
+    /// Read this Delta version of the table (default: the newest).
+    #[arg(long = "delta-version", env = "TXPIPE_DELTA_VERSION", value_name = "N")]
+    pub delta_version: Option<u64>,
+    /// Publish even when the quality gate refuses the model.
+    #[arg(long, env = "TXPIPE_FORCE")]
+    pub force: bool,
+    /// Also score the history into ClickHouse transactions_batch (not built yet).
     #[arg(long, env = "TXPIPE_BATCH_SCORE")]
     pub batch_score: bool,
 }

@@ -17,6 +17,7 @@ use txpipe_jobs::Shutdown;
 use txpipe_jobs::ingest::{self, IngestJob};
 use txpipe_jobs::optimize;
 use txpipe_jobs::produce::{self, ProduceJob};
+use txpipe_jobs::train::{self, TrainJob};
 
 /// A failure before any work started: a flag, a setting or the config file.
 #[derive(Debug)]
@@ -170,13 +171,50 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Train(_) => not_built("train"),
+        Command::Train(a) => {
+            config.apply_train(&a);
+            let schema = config.validate_common().map_err(usage)?;
+            if a.batch_score {
+                return Err(usage(anyhow::anyhow!(
+                    "--batch-score: batch scoring into ClickHouse is not built yet; train without it"
+                )));
+            }
+            let settings = config.train.validate().map_err(explain).map_err(usage)?;
+            config.features.validate(&schema).map_err(explain).map_err(usage)?;
+            init_logging(&config)?;
+            let job = TrainJob {
+                settings,
+                tables: config.tables.clone(),
+                schema,
+                features: config.features.clone(),
+                model_dir: config.models.dir.clone(),
+            };
+            let r = runtime()?.block_on(train::run(job))?;
+            eprintln!(
+                "trained on {} rows ({} read) of Delta version {}: held-out AUC {:.4}, AUC-PR {:.4}, threshold {:.4}; \
+                 published version {} in {}; read {:.2} s, features {:.2} s, fit {:.2} s, evaluate {:.2} s, publish {:.2} s",
+                r.rows_used,
+                r.rows_read,
+                r.delta_version,
+                r.holdout_auc,
+                r.holdout_auc_pr,
+                r.threshold,
+                r.published.as_deref().unwrap_or("none"),
+                config.models.dir,
+                r.read_s,
+                r.features_s,
+                r.fit_s,
+                r.evaluate_s,
+                r.publish_s
+            );
+            Ok(())
+        }
         Command::Score(_) => not_built("score"),
     }
 }
 
 fn not_built(job: &str) -> Result<()> {
-    anyhow::bail!("`txpipe {job}` is not built yet; available now: produce, ingest, optimize, config")
+    anyhow::bail!("`txpipe {job}` is not built yet; available now: produce, ingest, optimize, train, config")
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

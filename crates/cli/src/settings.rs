@@ -8,12 +8,14 @@ use serde::{Deserialize, Serialize};
 use txpipe_connectors::clickhouse::ClickHouseConfig;
 use txpipe_connectors::delta::TablesConfig;
 use txpipe_connectors::kafka::KafkaConfig;
+use txpipe_core::features::FeatureConfig;
 use txpipe_core::schema::{Schema, SchemaConfig};
 use txpipe_jobs::ingest::IngestConfig;
 use txpipe_jobs::optimize::OptimizeConfig;
 use txpipe_jobs::produce::ProduceConfig;
+use txpipe_jobs::train::TrainConfig;
 
-use crate::args::{CommonArgs, IngestArgs, OptimizeArgs, ProduceArgs};
+use crate::args::{CommonArgs, IngestArgs, OptimizeArgs, ProduceArgs, TrainArgs};
 
 /// `[models]`: where trained models are published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +59,8 @@ pub struct Config {
     pub produce: ProduceConfig,
     pub ingest: IngestConfig,
     pub optimize: OptimizeConfig,
+    pub train: TrainConfig,
+    pub features: FeatureConfig,
     pub schema: SchemaConfig,
 }
 
@@ -179,6 +183,16 @@ impl Config {
         set(&mut self.optimize.retention_hours, &a.retention_hours);
         set(&mut self.optimize.vacuum, &a.vacuum);
         set(&mut self.optimize.dry_run, &a.dry_run);
+    }
+
+    /// Puts the train flags (and environment) over the file.
+    pub fn apply_train(&mut self, a: &TrainArgs) {
+        set(&mut self.tables.clean, &a.table);
+        set(&mut self.models.dir, &a.model_dir);
+        if a.delta_version.is_some() {
+            self.train.version = a.delta_version;
+        }
+        self.train.force |= a.force;
     }
 
     /// Validates the sections every command uses.

@@ -107,11 +107,9 @@ fn a_bad_config_file_names_the_key() {
 
 #[test]
 fn jobs_not_built_yet_say_so_and_fail() {
-    for job in ["train", "score"] {
-        let (code, _, err) = run(txpipe().arg(job));
-        assert_eq!(code, 1);
-        assert!(err.contains("not built yet"), "{err}");
-    }
+    let (code, _, err) = run(txpipe().arg("score"));
+    assert_eq!(code, 1);
+    assert!(err.contains("not built yet"), "{err}");
 }
 
 fn produce_file(dir: &Path, name: &str, seed: &str) -> (Vec<u8>, String) {
@@ -210,4 +208,82 @@ fn secrets_are_never_printed() {
         assert_eq!(code, 1, "{job:?}: {err}");
         assert!(!out.contains("hunter2") && !err.contains("hunter2"), "{job:?}: {err}");
     }
+}
+
+#[test]
+fn train_publishes_a_model_and_refusals_exit_non_zero() {
+    let brokers = std::env::var("TXPIPE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let dir = tempfile::tempdir().unwrap();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let topic = format!("test-train-{}-{}", std::process::id(), nanos % 1_000_000_000);
+    let (clean, models) = (dir.path().join("clean"), dir.path().join("models"));
+    let with_paths = |c: &mut Command| {
+        c.arg("--brokers")
+            .arg(&brokers)
+            .env("TXPIPE_TABLE", &clean)
+            .env("TXPIPE_QUARANTINE_TABLE", dir.path().join("quarantine"))
+            .env("TXPIPE_MODEL_DIR", &models);
+    };
+    let mut produce = txpipe();
+    produce.args([
+        "produce",
+        "--topic",
+        &topic,
+        "--count",
+        "30000",
+        "--fraud-rate",
+        "0.05",
+        "--partitions",
+        "2",
+    ]);
+    with_paths(&mut produce);
+    let (code, _, err) = run(&mut produce);
+    assert_eq!(code, 0, "{err}");
+    let mut ingest = txpipe();
+    ingest.args(["ingest", "--topic", &topic, "--group-id", &topic, "--exit-when-idle", "3"]);
+    with_paths(&mut ingest);
+    let (code, _, err) = run(&mut ingest);
+    assert_eq!(code, 0, "{err}");
+
+    // A feature naming a field the schema lacks: refused before any data is read.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[features.numeric]]\nfield = \"amout\"\n").unwrap();
+    let mut c = txpipe();
+    c.args(["train", "--config"]).arg(&bad);
+    with_paths(&mut c);
+    let (code, _, err) = run(&mut c);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`features.numeric.field` = \"amout\""), "{err}");
+
+    let mut c = txpipe();
+    c.args(["train"]);
+    with_paths(&mut c);
+    let (code, _, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("published version 000001"), "{err}");
+    assert_eq!(std::fs::read_to_string(models.join("CURRENT")).unwrap().trim(), "000001");
+    assert!(models.join("versions/000001/model.json").exists());
+
+    // The gate: a floor no model reaches, then forced.
+    let strict = dir.path().join("strict.toml");
+    std::fs::write(&strict, "[train]\nauc_floor = 0.999\n").unwrap();
+    let mut c = txpipe();
+    c.args(["train", "--config"]).arg(&strict);
+    with_paths(&mut c);
+    let (code, _, err) = run(&mut c);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not published") && err.contains("train.auc_floor"), "{err}");
+    let mut c = txpipe();
+    c.args(["train", "--force", "--delta-version", "1", "--config"]).arg(&strict);
+    with_paths(&mut c);
+    let (code, _, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("of Delta version 1:") && err.contains("published version 000002"), "{err}");
+
+    let mut c = txpipe();
+    c.args(["train", "--batch-score"]);
+    with_paths(&mut c);
+    let (code, _, err) = run(&mut c);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--batch-score"), "{err}");
 }

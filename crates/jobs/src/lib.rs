@@ -3,12 +3,16 @@
 //!
 //! - [`produce`]: synthetic events into Kafka or a file;
 //! - [`ingest`]: Job 1, Kafka → Delta, exactly once;
-//! - [`optimize`]: compaction and vacuum of the tables.
+//! - [`optimize`]: compaction and vacuum of the tables;
+//! - [`train`]: Job 3, Delta history → features → logistic regression → a published model;
+//! - [`models`]: the model directory, versions switched atomically.
 
 pub mod ingest;
+pub mod models;
 pub mod optimize;
 pub mod produce;
 mod shutdown;
+pub mod train;
 
 pub use shutdown::Shutdown;
 
@@ -27,6 +31,10 @@ pub enum JobError {
     /// A local file could not be read or written.
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    /// The job ran as asked but will not do its work, and says why (train: no labels, one
+    /// class, too few positives, a model under the quality gate).
+    #[error("{0}")]
+    Refused(String),
     /// A bug or a panicked task; the message says where.
     #[error("internal error: {0}")]
     Internal(String),

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use history::History;
+pub use history::{History, Seen};
 pub use spec::{
     CategoricalFeature, FeatureConfig, FeatureSpec, HistoryFeatures, HistorySpec, NumericFeature,
     NumericTransform,
@@ -94,36 +94,74 @@ impl FeatureSpec {
         schema: &Schema,
         rows: impl Iterator<Item = &'a [Value<'v>]>,
     ) -> FittedFeatures {
-        let field = |i: usize| schema.fields()[i].name.clone();
-        let mut numeric: Vec<NumericFitted> = self
+        let mut fitter = self.fitter(schema);
+        for row in rows {
+            fitter.add(row);
+        }
+        fitter.finish()
+    }
+
+    /// The statistics of [`Self::fit`], gathered one row at a time.
+    pub fn fitter<'s>(&'s self, schema: &'s Schema) -> Fitter<'s> {
+        let numeric: Vec<NumericFitted> = self
             .config
             .numeric
             .iter()
             .zip(&self.numeric)
             .map(|(n, &i)| NumericFitted {
-                field: field(i),
+                field: schema.fields()[i].name.clone(),
                 transform: n.transform,
                 clip: n.clip,
                 mean: None,
                 std: None,
             })
             .collect();
-        let mut sums = vec![(0.0f64, 0.0f64, 0u64); numeric.len()];
-        let mut counts: Vec<HashMap<String, u64>> = vec![HashMap::new(); self.categorical.len()];
-        for row in rows {
-            for (k, (&i, n)) in self.numeric.iter().zip(&numeric).enumerate() {
-                let x = numeric_value(n, &row[i]);
-                sums[k].0 += x;
-                sums[k].1 += x * x;
-                sums[k].2 += 1;
-            }
-            for (k, &i) in self.categorical.iter().enumerate() {
-                if let Some(s) = row[i].as_str() {
-                    *counts[k].entry(s.to_string()).or_default() += 1;
+        Fitter {
+            spec: self,
+            schema,
+            sums: vec![(0.0, 0.0, 0); numeric.len()],
+            numeric,
+            counts: vec![HashMap::new(); self.categorical.len()],
+        }
+    }
+}
+
+/// Gathers the statistics of a fit, one row at a time.
+pub struct Fitter<'s> {
+    spec: &'s FeatureSpec,
+    schema: &'s Schema,
+    numeric: Vec<NumericFitted>,
+    /// Per numeric feature: sum, sum of squares, count.
+    sums: Vec<(f64, f64, u64)>,
+    counts: Vec<HashMap<String, u64>>,
+}
+
+impl Fitter<'_> {
+    /// One training row, in schema order.
+    pub fn add(&mut self, row: &[Value<'_>]) {
+        for (k, (&i, n)) in self.spec.numeric.iter().zip(&self.numeric).enumerate() {
+            let x = numeric_value(n, &row[i]);
+            self.sums[k].0 += x;
+            self.sums[k].1 += x * x;
+            self.sums[k].2 += 1;
+        }
+        for (k, &i) in self.spec.categorical.iter().enumerate() {
+            if let Some(s) = row[i].as_str() {
+                match self.counts[k].get_mut(s) {
+                    Some(c) => *c += 1,
+                    None => {
+                        self.counts[k].insert(s.to_string(), 1);
+                    }
                 }
             }
         }
-        for ((n, cfg), (sum, sq, count)) in numeric.iter_mut().zip(&self.config.numeric).zip(sums) {
+    }
+
+    /// The fitted statistics and the feature names.
+    pub fn finish(self) -> FittedFeatures {
+        let Fitter { spec, schema, mut numeric, sums, counts } = self;
+        let field = |i: usize| schema.fields()[i].name.clone();
+        for ((n, cfg), (sum, sq, count)) in numeric.iter_mut().zip(&spec.config.numeric).zip(sums) {
             if cfg.standardize {
                 let c = count.max(1) as f64;
                 let mean = sum / c;
@@ -132,11 +170,11 @@ impl FeatureSpec {
                 n.std = Some(if std > 1e-12 { std } else { 1.0 });
             }
         }
-        let categorical: Vec<CategoricalFitted> = self
+        let categorical: Vec<CategoricalFitted> = spec
             .config
             .categorical
             .iter()
-            .zip(&self.categorical)
+            .zip(&spec.categorical)
             .zip(counts)
             .map(|((c, &i), counts)| {
                 let mut by_count: Vec<(String, u64)> = counts.into_iter().collect();
@@ -159,17 +197,17 @@ impl FeatureSpec {
             names.extend(c.values.iter().map(|v| format!("{}={v}", c.field)));
             names.push(format!("{}=other", c.field));
         }
-        let boolean: Vec<String> = self.boolean.iter().map(|&i| field(i)).collect();
+        let boolean: Vec<String> = spec.boolean.iter().map(|&i| field(i)).collect();
         names.extend(boolean.iter().cloned());
-        let time = field(self.time);
-        if self.config.hour_of_day {
+        let time = field(spec.time);
+        if spec.config.hour_of_day {
             names.extend([format!("{time}_hour_sin"), format!("{time}_hour_cos")]);
         }
-        if self.config.day_of_week {
+        if spec.config.day_of_week {
             names.extend([format!("{time}_weekday_sin"), format!("{time}_weekday_cos")]);
         }
-        let h = &self.config.history;
-        let history = self.history.as_ref().map(|_| {
+        let h = &spec.config.history;
+        let history = spec.history.as_ref().map(|_| {
             for (on, name) in [
                 (h.count_in_window, format!("account_events_in_{}", h.window)),
                 (h.amount_vs_mean, "account_amount_vs_mean".to_string()),
@@ -187,8 +225,8 @@ impl FeatureSpec {
             numeric,
             categorical,
             boolean,
-            hour_of_day: self.config.hour_of_day,
-            day_of_week: self.config.day_of_week,
+            hour_of_day: spec.config.hour_of_day,
+            day_of_week: spec.config.day_of_week,
             history,
         }
     }

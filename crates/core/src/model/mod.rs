@@ -1,11 +1,13 @@
 //! The model: a dense feature matrix, logistic regression (fit and score), and the measures of
 //! how good its probabilities are.
 
+pub mod artifact;
 mod kernels;
 pub mod logistic;
 pub mod matrix;
 pub mod metrics;
 
+pub use artifact::{HyperParameters, Lineage, Metrics, ModelArtifact};
 pub use logistic::{ClassWeight, FitError, FitOptions, LogisticModel, fit, sigmoid};
 pub use matrix::Matrix;
 pub use metrics::{AtThreshold, Evaluation, ThresholdTarget, choose_threshold, evaluate};

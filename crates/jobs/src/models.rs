@@ -1,0 +1,158 @@
+//! The model directory (DESIGN §3): versions written completely, then a pointer switched
+//! atomically, so that a reader never sees a half-written model.
+//!
+//! Layout under the directory: `versions/<id>/model.json` (and whatever else a version holds,
+//! such as its report), and `CURRENT`, a one-line file naming the current version. Publishing
+//! writes the version into a temporary directory, syncs it and renames it into place, then
+//! writes `CURRENT` the same way; a rename is atomic on one file system. Version ids count up
+//! from `000001`; two publishers at once take different ids (creating a directory is
+//! exclusive).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use txpipe_core::model::ModelArtifact;
+
+use crate::{JobError, Result};
+
+const POINTER: &str = "CURRENT";
+const VERSIONS: &str = "versions";
+const MODEL_FILE: &str = "model.json";
+
+/// A model directory.
+#[derive(Debug, Clone)]
+pub struct ModelStore {
+    dir: PathBuf,
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::File::create(path).map_err(|e| JobError::io(path, e))?;
+    f.write_all(bytes).map_err(|e| JobError::io(path, e))?;
+    f.sync_all().map_err(|e| JobError::io(path, e))
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    fs::File::open(path).and_then(|d| d.sync_all()).map_err(|e| JobError::io(path, e))
+}
+
+impl ModelStore {
+    pub fn new(dir: impl Into<PathBuf>) -> ModelStore {
+        ModelStore { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory of version `id`.
+    pub fn version_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(VERSIONS).join(id)
+    }
+
+    /// The id `CURRENT` names, if any.
+    pub fn current_id(&self) -> Result<Option<String>> {
+        let path = self.dir.join(POINTER);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim().to_string()).filter(|id| !id.is_empty())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(JobError::io(path, e)),
+        }
+    }
+
+    /// The current model, if one was published.
+    pub fn current(&self) -> Result<Option<ModelArtifact>> {
+        match self.current_id()? {
+            Some(id) => self.load(&id).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Version `id`'s model.
+    pub fn load(&self, id: &str) -> Result<ModelArtifact> {
+        let path = self.version_dir(id).join(MODEL_FILE);
+        let text = fs::read_to_string(&path).map_err(|e| JobError::io(&path, e))?;
+        let model: ModelArtifact = serde_json::from_str(&text).map_err(|e| {
+            JobError::Internal(format!("{}: not a model.json of txpipe: {e}", path.display()))
+        })?;
+        if model.format != txpipe_core::model::artifact::FORMAT {
+            return Err(JobError::Internal(format!(
+                "{}: model format {} (this txpipe reads {})",
+                path.display(),
+                model.format,
+                txpipe_core::model::artifact::FORMAT
+            )));
+        }
+        Ok(model)
+    }
+
+    /// The next free version id.
+    fn next_id(&self) -> Result<u64> {
+        let versions = self.dir.join(VERSIONS);
+        let mut highest = 0;
+        match fs::read_dir(&versions) {
+            Ok(entries) => {
+                for e in entries.flatten() {
+                    if let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) {
+                        highest = highest.max(n);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(JobError::io(versions, e)),
+        }
+        Ok(highest + 1)
+    }
+
+    /// Publishes a model: `fill` writes the version's files (the model first) into a fresh
+    /// directory given its id; then the directory moves into place and becomes current.
+    /// Returns the new version's id and directory.
+    pub fn publish(
+        &self,
+        model: impl Fn(&str) -> ModelArtifact,
+        extra: impl Fn(&ModelArtifact, &Path) -> Result<()>,
+    ) -> Result<(String, PathBuf)> {
+        let versions = self.dir.join(VERSIONS);
+        fs::create_dir_all(&versions).map_err(|e| JobError::io(&versions, e))?;
+        let staging = versions.join(format!(
+            ".staging-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        ));
+        fs::create_dir(&staging).map_err(|e| JobError::io(&staging, e))?;
+        let written = (|| {
+            let mut number = self.next_id()?;
+            loop {
+                let id = format!("{number:06}");
+                let artifact = model(&id);
+                let text = serde_json::to_vec_pretty(&artifact)
+                    .map_err(|e| JobError::Internal(format!("serialising the model: {e}")))?;
+                write_synced(&staging.join(MODEL_FILE), &text)?;
+                extra(&artifact, &staging)?;
+                sync_dir(&staging)?;
+                let target = versions.join(&id);
+                // Fails when another publisher took the id first: take the next.
+                match fs::rename(&staging, &target) {
+                    Ok(()) if fs::metadata(&target).is_ok() => return Ok((id, target)),
+                    Ok(()) => return Err(JobError::Internal(format!("{} vanished", target.display()))),
+                    Err(_) if target.exists() => number += 1,
+                    Err(e) => return Err(JobError::io(&target, e)),
+                }
+            }
+        })();
+        let (id, target) = match written {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        sync_dir(&versions)?;
+        let pointer_tmp = self.dir.join(format!(".{POINTER}.{}", std::process::id()));
+        write_synced(&pointer_tmp, format!("{id}\n").as_bytes())?;
+        let pointer = self.dir.join(POINTER);
+        fs::rename(&pointer_tmp, &pointer).map_err(|e| JobError::io(&pointer, e))?;
+        sync_dir(&self.dir)?;
+        Ok((id, target))
+    }
+}

@@ -1,0 +1,354 @@
+//! `txpipe train` (Job 3): the Delta history → features → logistic regression, evaluated on
+//! later data than it was fitted on → a new version in the model directory.
+//!
+//! In: a Delta snapshot (the newest or a given version), the schema, `[features]` and
+//! `[train]`. Out: a published [`ModelArtifact`] (or a refusal that says why) and a
+//! [`TrainReport`] with the time each stage took.
+//!
+//! Slices by event time: the latest `holdout_fraction` of the rows is held out for the final
+//! scores, the `validation_fraction` before it chooses the decision threshold, the rest is
+//! fitted. Feature statistics come from the fitted slice only; history features run over all
+//! rows in table order, as `score` computes them.
+
+mod rows;
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use txpipe_connectors::delta::{self, TablesConfig};
+use txpipe_core::Error as ConfigError;
+use txpipe_core::features::{FeatureConfig, History};
+use txpipe_core::model::{
+    self, ClassWeight, FitOptions, HyperParameters, Lineage, Matrix, Metrics, ModelArtifact, ThresholdTarget,
+};
+use txpipe_core::schema::Schema;
+
+use crate::models::ModelStore;
+use crate::{JobError, Result};
+
+/// `[train]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// The Delta version to read (absent: the newest).
+    pub version: Option<u64>,
+    /// The latest share of rows by event time, held out for the final scores.
+    pub holdout_fraction: f64,
+    /// The share before the held-out rows that chooses the threshold.
+    pub validation_fraction: f64,
+    /// `best_f1`, or `precision:P` (the most recall at precision ≥ P).
+    pub threshold: String,
+    /// L2 strength on the standardised coefficients (scikit-learn's 1/C).
+    pub l2: f64,
+    /// `none` or `balanced`.
+    pub class_weight: String,
+    /// Fewer positives than this among the fitted rows: nothing is published.
+    pub min_positives: u64,
+    /// A held-out AUC under this: nothing is published (unless forced).
+    pub auc_floor: f64,
+    /// A held-out AUC worse than the current model's by more than this: nothing is published
+    /// (unless forced).
+    pub max_auc_drop: f64,
+    /// Publish even when the gate says no.
+    pub force: bool,
+    /// Data files read at once.
+    pub read_parallelism: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            version: None,
+            holdout_fraction: 0.2,
+            validation_fraction: 0.1,
+            threshold: "best_f1".into(),
+            l2: 1.0,
+            class_weight: "none".into(),
+            min_positives: 20,
+            auc_floor: 0.6,
+            max_auc_drop: 0.02,
+            force: false,
+            read_parallelism: 4,
+        }
+    }
+}
+
+/// Validated train settings.
+#[derive(Debug, Clone)]
+pub struct TrainSettings {
+    pub config: TrainConfig,
+    pub target: ThresholdTarget,
+    pub fit: FitOptions,
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> std::result::Result<TrainSettings, ConfigError> {
+        let fraction = |key: &str, v: f64| {
+            if v > 0.0 && v < 0.5 {
+                Ok(v)
+            } else {
+                Err(ConfigError::config(key, v, "a fraction above 0 and below 0.5"))
+            }
+        };
+        fraction("train.holdout_fraction", self.holdout_fraction)?;
+        fraction("train.validation_fraction", self.validation_fraction)?;
+        let target = match self.threshold.trim() {
+            "best_f1" => ThresholdTarget::BestF1,
+            t => match t.strip_prefix("precision:").and_then(|p| p.trim().parse::<f64>().ok()) {
+                Some(p) if p > 0.0 && p < 1.0 => ThresholdTarget::Precision(p),
+                _ => {
+                    return Err(ConfigError::config(
+                        "train.threshold",
+                        &self.threshold,
+                        "best_f1, or precision:P with 0 < P < 1",
+                    ));
+                }
+            },
+        };
+        if !(self.l2.is_finite() && self.l2 >= 0.0) {
+            return Err(ConfigError::config("train.l2", self.l2, "a number ≥ 0"));
+        }
+        let class_weight = match self.class_weight.as_str() {
+            "none" => ClassWeight::None,
+            "balanced" => ClassWeight::Balanced,
+            other => return Err(ConfigError::config("train.class_weight", other, "none or balanced")),
+        };
+        if !(0.0..1.0).contains(&self.auc_floor) {
+            return Err(ConfigError::config("train.auc_floor", self.auc_floor, "from 0 to below 1"));
+        }
+        if !(self.max_auc_drop.is_finite() && self.max_auc_drop >= 0.0) {
+            return Err(ConfigError::config("train.max_auc_drop", self.max_auc_drop, "a number ≥ 0"));
+        }
+        if self.read_parallelism == 0 {
+            return Err(ConfigError::config("train.read_parallelism", 0, "at least 1"));
+        }
+        Ok(TrainSettings {
+            config: self.clone(),
+            target,
+            fit: FitOptions { l2: self.l2, class_weight, ..FitOptions::default() },
+        })
+    }
+}
+
+/// Everything a train run needs.
+#[derive(Debug, Clone)]
+pub struct TrainJob {
+    pub settings: TrainSettings,
+    pub tables: TablesConfig,
+    pub schema: Schema,
+    pub features: FeatureConfig,
+    pub model_dir: String,
+}
+
+/// What a train run did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TrainReport {
+    /// The version published (None: refused by the gate).
+    pub published: Option<String>,
+    /// Why the gate refused, when it did.
+    pub refused: Option<String>,
+    pub delta_version: u64,
+    pub rows_read: u64,
+    pub rows_used: u64,
+    pub holdout_auc: f64,
+    pub holdout_auc_pr: f64,
+    pub threshold: f64,
+    /// Seconds per stage.
+    pub read_s: f64,
+    pub features_s: f64,
+    pub fit_s: f64,
+    pub evaluate_s: f64,
+    pub publish_s: f64,
+}
+
+/// A run that cannot train: no model is published.
+fn refuse(why: impl Into<String>) -> JobError {
+    JobError::Refused(why.into())
+}
+
+/// The value at quantile `q` of sorted `times`.
+fn quantile(times: &[i64], q: f64) -> i64 {
+    times[((times.len() as f64 * q) as usize).min(times.len() - 1)]
+}
+
+/// Trains, evaluates and (unless refused) publishes a model.
+pub async fn run(job: TrainJob) -> Result<TrainReport> {
+    let spec = job.features.validate(&job.schema)?;
+    let label = job.schema.label_index().ok_or_else(|| {
+        refuse("the schema has no label field (`schema.label_field`): nothing to learn from")
+    })?;
+    let settings = &job.settings;
+    let mut report = TrainReport::default();
+
+    let started = Instant::now();
+    let mut wanted: Vec<&str> = job.schema.fields().iter().map(|f| f.name.as_str()).collect();
+    wanted.extend(["kafka_partition", "kafka_offset"]);
+    let projection = delta::read_columns(
+        &job.tables.clean,
+        &job.tables.storage_options,
+        settings.config.version,
+        &wanted,
+        settings.config.read_parallelism,
+    )
+    .await?;
+    let label_name = &job.schema.fields()[label].name;
+    if projection.absent.contains(label_name) {
+        return Err(refuse(format!("the table {} has no label column `{label_name}`", job.tables.clean)));
+    }
+    let rows = rows::Rows::new(&job.schema, &projection.batches, label)?;
+    report.delta_version = projection.version;
+    report.rows_read = rows.read;
+    report.rows_used = rows.order.len() as u64;
+    if rows.order.is_empty() {
+        return Err(refuse(format!(
+            "the table {} (version {}) has no rows",
+            job.tables.clean, projection.version
+        )));
+    }
+    report.read_s = started.elapsed().as_secs_f64();
+
+    // Slices by event time.
+    let started = Instant::now();
+    let mut times: Vec<i64> = rows.order.iter().map(|&r| rows.time_of(r)).collect();
+    times.sort_unstable();
+    let c = &settings.config;
+    let holdout_from = quantile(&times, 1.0 - c.holdout_fraction);
+    let validation_from = quantile(&times, 1.0 - c.holdout_fraction - c.validation_fraction);
+    let (time_from, time_to) = (times[0], times[times.len() - 1]);
+    drop(times);
+
+    // Feature statistics from the fitted slice, then every row's features in table order.
+    let mut values = Vec::new();
+    let mut fitter = spec.fitter(&job.schema);
+    for &r in &rows.order {
+        if rows.time_of(r) < validation_from {
+            rows.values_into(r, &mut values);
+            fitter.add(&values);
+        }
+    }
+    let fitted = fitter.finish();
+    let features = fitted.bind(&job.schema)?;
+    let width = features.width();
+    let mut columns: Vec<Vec<f32>> = (0..width).map(|_| Vec::with_capacity(rows.order.len())).collect();
+    let mut slices: [(Vec<usize>, Vec<u8>); 3] = Default::default();
+    let mut history = History::new();
+    let mut out = vec![0f32; width];
+    for (n, &r) in rows.order.iter().enumerate() {
+        rows.values_into(r, &mut values);
+        features.row(&values, &mut history, &mut out);
+        for (col, &v) in columns.iter_mut().zip(&out) {
+            col.push(v);
+        }
+        if let Some(y) = rows.label_of(r) {
+            let t = rows.time_of(r);
+            let slice = if t >= holdout_from {
+                2
+            } else if t >= validation_from {
+                1
+            } else {
+                0
+            };
+            slices[slice].0.push(n);
+            slices[slice].1.push(u8::from(y));
+        }
+    }
+    drop(rows);
+    drop(projection);
+    let matrix = Matrix::from_columns(columns);
+    report.features_s = started.elapsed().as_secs_f64();
+    let names = ["fitted", "validation", "held-out"];
+    for (name, (_, y)) in names.iter().zip(&slices) {
+        let positives = y.iter().filter(|&&v| v == 1).count();
+        if y.is_empty() {
+            return Err(refuse(format!(
+                "no labelled rows in the {name} slice: nothing to learn from or to check"
+            )));
+        }
+        if positives == 0 || positives == y.len() {
+            return Err(refuse(format!(
+                "the {name} slice has only one class ({positives} positives of {} labelled rows)",
+                y.len()
+            )));
+        }
+    }
+    let fitted_positives = slices[0].1.iter().filter(|&&v| v == 1).count() as u64;
+    if fitted_positives < c.min_positives {
+        return Err(refuse(format!(
+            "{fitted_positives} positives among the fitted rows, fewer than train.min_positives = {}",
+            c.min_positives
+        )));
+    }
+
+    let started = Instant::now();
+    let [train, validation, holdout] = slices.map(|(rows, y)| (matrix.select_rows(&rows), y));
+    drop(matrix);
+    let lr = model::fit(&train.0, &train.1, &settings.fit).map_err(|e| refuse(e.to_string()))?;
+    report.fit_s = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let pv = lr.probabilities(&validation.0);
+    let chosen = model::choose_threshold(&pv, &validation.1, settings.target);
+    let metrics = Metrics {
+        train: model::evaluate(&lr.probabilities(&train.0), &train.1, chosen.threshold),
+        validation: model::evaluate(&pv, &validation.1, chosen.threshold),
+        holdout: model::evaluate(&lr.probabilities(&holdout.0), &holdout.1, chosen.threshold),
+    };
+    report.evaluate_s = started.elapsed().as_secs_f64();
+    report.holdout_auc = metrics.holdout.auc_roc;
+    report.holdout_auc_pr = metrics.holdout.auc_pr;
+    report.threshold = chosen.threshold;
+
+    // The gate.
+    let store = ModelStore::new(&job.model_dir);
+    let current = store.current().ok().flatten();
+    let auc = metrics.holdout.auc_roc;
+    let refusal = if auc < c.auc_floor {
+        Some(format!("held-out AUC {auc:.4} is under train.auc_floor = {}", c.auc_floor))
+    } else {
+        current.as_ref().map(|m| m.metrics.holdout.auc_roc).filter(|&prev| auc < prev - c.max_auc_drop).map(|prev| {
+            format!(
+                "held-out AUC {auc:.4} is worse than the current model's {prev:.4} by more than train.max_auc_drop = {}",
+                c.max_auc_drop
+            )
+        })
+    };
+    if let Some(why) = refusal {
+        if !c.force {
+            report.refused = Some(why.clone());
+            return Err(refuse(format!("not published: {why} (--force publishes anyway)")));
+        }
+        tracing::warn!(%why, "publishing anyway (forced)");
+    }
+    let started = Instant::now();
+    let artifact = |id: &str| ModelArtifact {
+        format: model::artifact::FORMAT,
+        version: id.to_string(),
+        created_at: chrono::Utc::now().to_rfc3339(),
+        lineage: Lineage {
+            table: job.tables.clean.clone(),
+            delta_version: report.delta_version,
+            rows_read: report.rows_read,
+            rows_used: report.rows_used,
+            time_from_us: time_from,
+            time_to_us: time_to,
+            validation_from_us: validation_from,
+            holdout_from_us: holdout_from,
+        },
+        schema: job.schema.to_config(),
+        features: fitted.clone(),
+        model: lr.clone(),
+        threshold: chosen.threshold,
+        hyper_parameters: HyperParameters {
+            fit: settings.fit,
+            threshold_target: settings.target,
+            holdout_fraction: c.holdout_fraction,
+            validation_fraction: c.validation_fraction,
+        },
+        metrics: metrics.clone(),
+    };
+    let (id, dir) = store.publish(artifact, |_, _| Ok(()))?;
+    report.publish_s = started.elapsed().as_secs_f64();
+    tracing::info!(version = %id, dir = %dir.display(), auc, "model published");
+    report.published = Some(id);
+    Ok(report)
+}

@@ -1,0 +1,190 @@
+//! `txpipe train` in process, on real Delta tables in temporary folders, written from the
+//! synthetic generator (whose true fraud probabilities are known): publication, loading back,
+//! and every refusal with its message.
+
+use std::collections::{BTreeMap, HashMap};
+
+use txpipe_connectors::delta::{CleanRows, EVENT_DATE, Table, TablesConfig, clean_schema};
+use txpipe_core::event::EventParser;
+use txpipe_core::features::FeatureConfig;
+use txpipe_core::generator::{Generator, GeneratorConfig};
+use txpipe_core::model::metrics;
+use txpipe_core::schema::Schema;
+use txpipe_jobs::JobError;
+use txpipe_jobs::models::ModelStore;
+use txpipe_jobs::train::{self, TrainConfig, TrainJob};
+
+/// Writes `count` generated events into a clean table at `dir/clean` in commits of 10,000, as
+/// ingest would (partition 0, offsets in order); returns each id's true probability and label.
+async fn history(dir: &std::path::Path, config: GeneratorConfig) -> HashMap<String, (f64, bool)> {
+    let schema = Schema::default_schema();
+    let parser = EventParser::new(schema.clone());
+    let location = dir.join("clean").display().to_string();
+    let mut table = Table::open_or_create(
+        &location,
+        &BTreeMap::new(),
+        clean_schema(&schema),
+        Some(EVENT_DATE),
+        "test",
+        100,
+    )
+    .await
+    .unwrap();
+    let mut generator = Generator::new(&schema, config.clone()).unwrap();
+    let (mut payload, mut key) = (Vec::new(), Vec::new());
+    let mut truth = HashMap::new();
+    let mut offset = 0i64;
+    while offset < config.count as i64 {
+        let mut rows = CleanRows::new(&schema);
+        let end = (offset + 10_000).min(config.count as i64);
+        while offset < end {
+            let t = generator.next_into(&mut payload, &mut key);
+            let mut values = Vec::new();
+            if parser.parse(&payload, &mut values).is_ok() {
+                rows.push(&values, 0, offset);
+                truth.insert(t.transaction_id.clone(), (t.fraud_probability, t.is_fraud));
+            }
+            offset += 1;
+        }
+        let batch = rows.finish(0).unwrap();
+        table.append(&[batch], &BTreeMap::from([(0, offset - 1)]), serde_json::Map::new()).await.unwrap();
+    }
+    truth
+}
+
+fn generated(count: u64, fraud_rate: f64, labels: bool) -> GeneratorConfig {
+    GeneratorConfig { seed: 5, count, fraud_rate, labels, malformed_rate: 0.0, ..GeneratorConfig::default() }
+}
+
+fn job(dir: &std::path::Path, config: TrainConfig) -> TrainJob {
+    TrainJob {
+        settings: config.validate().unwrap(),
+        tables: TablesConfig { clean: dir.join("clean").display().to_string(), ..TablesConfig::default() },
+        schema: Schema::default_schema(),
+        features: FeatureConfig::default(),
+        model_dir: dir.join("models").display().to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trains_publishes_and_the_model_scores_the_same_when_loaded_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let truth = history(dir.path(), generated(60_000, 0.05, true)).await;
+    let report = train::run(job(dir.path(), TrainConfig::default())).await.unwrap();
+    assert_eq!(report.published.as_deref(), Some("000001"), "{report:?}");
+    assert_eq!((report.rows_read, report.rows_used), (60_000, 60_000));
+    assert!(report.holdout_auc > 0.8, "{report:?}");
+
+    let store = ModelStore::new(dir.path().join("models"));
+    let model = store.current().unwrap().unwrap();
+    assert_eq!(model.version, "000001");
+    assert_eq!(model.lineage.delta_version, report.delta_version);
+    assert_eq!(model.features.names.len(), model.model.coefficients.len());
+    // Loaded back from JSON, it gives the same probabilities, bit for bit, on the same rows.
+    let again: txpipe_core::model::ModelArtifact =
+        serde_json::from_str(&serde_json::to_string(&model).unwrap()).unwrap();
+    assert_eq!(again, model);
+
+    // The held-out AUC against the AUC of the generator's true probabilities on the held-out
+    // rows: the model gets most of the way there.
+    let table = txpipe_connectors::delta::open_existing(
+        &dir.path().join("clean").display().to_string(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let batches = txpipe_connectors::delta::read_rows(&table).await.unwrap();
+    let ids = txpipe_connectors::delta::string_values(&batches, "transaction_id").unwrap();
+    assert_eq!(ids.len(), 60_000);
+    let holdout_truth: Vec<(f64, u8)> = {
+        let mut v: Vec<(f64, u8)> = Vec::new();
+        use txpipe_connectors::delta::arrow::array::{Array, TimestampMicrosecondArray};
+        let mut k = 0;
+        for b in &batches {
+            let t = b
+                .column_by_name("event_time")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            for i in 0..b.num_rows() {
+                if t.value(i) >= model.lineage.holdout_from_us {
+                    let (p, y) = truth[&ids[k]];
+                    v.push((p, u8::from(y)));
+                }
+                k += 1;
+            }
+        }
+        v
+    };
+    let (p, y): (Vec<f64>, Vec<u8>) = holdout_truth.into_iter().unzip();
+    assert_eq!(y.len() as u64, model.metrics.holdout.rows);
+    let best = metrics::auc_roc(&p, &y);
+    eprintln!("held-out AUC: model {:.4}, true probabilities {best:.4}", report.holdout_auc);
+    assert!(report.holdout_auc > best - 0.05, "model {} vs truth {best}", report.holdout_auc);
+
+    // A second run with an equal model publishes version 2 and moves the pointer.
+    let second = train::run(job(dir.path(), TrainConfig::default())).await.unwrap();
+    assert_eq!(second.published.as_deref(), Some("000002"));
+    assert_eq!(store.current_id().unwrap().as_deref(), Some("000002"));
+}
+
+fn refusal(result: Result<train::TrainReport, JobError>) -> String {
+    match result {
+        Err(JobError::Refused(why)) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_say_why_and_publish_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // No labels at all.
+    history(dir.path(), generated(5_000, 0.05, false)).await;
+    let why = refusal(train::run(job(dir.path(), TrainConfig::default())).await);
+    assert!(why.contains("no labelled rows"), "{why}");
+    assert!(!dir.path().join("models").join("CURRENT").exists());
+
+    // One class only.
+    let dir = tempfile::tempdir().unwrap();
+    history(dir.path(), generated(5_000, 0.0, true)).await;
+    let why = refusal(train::run(job(dir.path(), TrainConfig::default())).await);
+    assert!(why.contains("only one class"), "{why}");
+
+    // Too few positives, and a quality gate that no model passes (then forced).
+    let dir = tempfile::tempdir().unwrap();
+    history(dir.path(), generated(10_000, 0.05, true)).await;
+    let why = refusal(
+        train::run(job(dir.path(), TrainConfig { min_positives: 100_000, ..TrainConfig::default() })).await,
+    );
+    assert!(why.contains("train.min_positives = 100000"), "{why}");
+    let strict = TrainConfig { auc_floor: 0.999, ..TrainConfig::default() };
+    let why = refusal(train::run(job(dir.path(), strict.clone())).await);
+    assert!(why.contains("under train.auc_floor = 0.999") && why.contains("--force"), "{why}");
+    assert!(!dir.path().join("models").join("CURRENT").exists());
+    let forced = train::run(job(dir.path(), TrainConfig { force: true, ..strict })).await.unwrap();
+    assert_eq!(forced.published.as_deref(), Some("000001"));
+
+    // A missing table.
+    let empty = tempfile::tempdir().unwrap();
+    let err = train::run(job(empty.path(), TrainConfig::default())).await.unwrap_err().to_string();
+    assert!(err.contains("clean"), "{err}");
+}
+
+#[test]
+fn bad_settings_name_their_key() {
+    let bad = |c: TrainConfig| c.validate().unwrap_err().to_string();
+    assert!(
+        bad(TrainConfig { holdout_fraction: 0.7, ..TrainConfig::default() })
+            .contains("train.holdout_fraction")
+    );
+    assert!(
+        bad(TrainConfig { threshold: "precision:2".into(), ..TrainConfig::default() })
+            .contains("precision:P")
+    );
+    assert!(
+        bad(TrainConfig { class_weight: "heavy".into(), ..TrainConfig::default() })
+            .contains("none or balanced")
+    );
+    assert!(TrainConfig { threshold: "precision:0.9".into(), ..TrainConfig::default() }.validate().is_ok());
+}
