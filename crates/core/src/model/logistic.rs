@@ -47,7 +47,7 @@ pub struct FitOptions {
 
 impl Default for FitOptions {
     fn default() -> Self {
-        FitOptions { l2: 1.0, class_weight: ClassWeight::None, max_iter: 50, tol: 1e-8 }
+        FitOptions { l2: 1.0, class_weight: ClassWeight::None, max_iter: 50, tol: 1e-6 }
     }
 }
 
