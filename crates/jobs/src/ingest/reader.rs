@@ -188,11 +188,29 @@ impl OffsetSource for TablePositions {
 /// Asks the writer to commit everything handed over so far, and waits for it at most `wait`.
 fn barrier(raw: &SyncSender<Raw>, wait: Duration, why: &str) {
     let (ack, done) = std::sync::mpsc::sync_channel(1);
-    if raw.send(Raw::Barrier(ack)).is_err() {
-        return; // the writer is gone
-    }
     let started = Instant::now();
-    match done.recv_timeout(wait) {
+    // Behind a writer that cannot commit (storage down), the way in can be full: wait for it
+    // no longer than for the answer.
+    let mut item = Raw::Barrier(ack);
+    loop {
+        match raw.try_send(item) {
+            Ok(()) => break,
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return, // the writer is gone
+            Err(std::sync::mpsc::TrySendError::Full(back)) if started.elapsed() < wait => {
+                item = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    why,
+                    wait_s = wait.as_secs_f64(),
+                    "the writer is busy; not waiting for its commit"
+                );
+                return;
+            }
+        }
+    }
+    match done.recv_timeout(wait.saturating_sub(started.elapsed())) {
         Ok(()) => {
             tracing::info!(why, wait_ms = started.elapsed().as_millis() as u64, "committed what was read")
         }
