@@ -124,46 +124,22 @@ fn a_spec_that_does_not_fit_the_schema_names_its_key() {
 
 #[test]
 fn events_of_another_shape_need_only_config() {
+    use crate::schema::{FieldConfig, FieldType};
+    let field = |name: &str, kind: FieldType, required: bool| FieldConfig {
+        name: name.into(),
+        kind,
+        required,
+        case: None,
+        length: None,
+        min: None,
+        generate: None,
+    };
     let mut fields = vec![
-        crate::schema::FieldConfig {
-            name: "id".into(),
-            kind: crate::schema::FieldType::String,
-            required: true,
-            case: None,
-            length: None,
-            min: None,
-            generate: None,
-        },
-        crate::schema::FieldConfig {
-            name: "t".into(),
-            kind: crate::schema::FieldType::Timestamp,
-            required: true,
-            case: None,
-            length: None,
-            min: None,
-            generate: None,
-        },
-        crate::schema::FieldConfig {
-            name: "label".into(),
-            kind: crate::schema::FieldType::Boolean,
-            required: false,
-            case: None,
-            length: None,
-            min: None,
-            generate: None,
-        },
+        field("id", FieldType::String, true),
+        field("t", FieldType::Timestamp, true),
+        field("label", FieldType::Boolean, false),
     ];
-    for i in 0..30 {
-        fields.push(crate::schema::FieldConfig {
-            name: format!("v{i}"),
-            kind: crate::schema::FieldType::Double,
-            required: true,
-            case: None,
-            length: None,
-            min: None,
-            generate: None,
-        });
-    }
+    fields.extend((0..30).map(|i| field(&format!("v{i}"), FieldType::Double, true)));
     let schema = Schema::new(SchemaConfig {
         id_field: "id".into(),
         time_field: "t".into(),
