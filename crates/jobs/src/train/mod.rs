@@ -178,7 +178,7 @@ pub async fn run(job: TrainJob) -> Result<TrainReport> {
         refuse("the schema has no label field (`schema.label_field`): nothing to learn from")
     })?;
     let settings = &job.settings;
-    let mut report = TrainReport::default();
+    let report = TrainReport::default();
 
     let started = Instant::now();
     let mut wanted: Vec<&str> = job.schema.fields().iter().map(|f| f.name.as_str()).collect();
@@ -195,6 +195,22 @@ pub async fn run(job: TrainJob) -> Result<TrainReport> {
     if projection.absent.contains(label_name) {
         return Err(refuse(format!("the table {} has no label column `{label_name}`", job.tables.clean)));
     }
+    // The rest is CPU work (and local files): on a blocking thread, not on the async runtime.
+    tokio::task::spawn_blocking(move || train_on(job, spec, label, projection, report, started))
+        .await
+        .map_err(|e| JobError::Internal(format!("the training task: {e}")))?
+}
+
+/// Orders, featurises, fits, evaluates and publishes what was read.
+fn train_on(
+    job: TrainJob,
+    spec: txpipe_core::features::FeatureSpec,
+    label: usize,
+    projection: delta::Projection,
+    mut report: TrainReport,
+    started: Instant,
+) -> Result<TrainReport> {
+    let settings = &job.settings;
     let rows = rows::Rows::new(&job.schema, &projection.batches, label)?;
     report.delta_version = projection.version;
     report.rows_read = rows.read;
