@@ -143,10 +143,8 @@ pub struct TrainJob {
 /// What a train run did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TrainReport {
-    /// The version published (None: refused by the gate).
+    /// The version published (a refusal is an error, with its reason, not a report).
     pub published: Option<String>,
-    /// Why the gate refused, when it did.
-    pub refused: Option<String>,
     pub delta_version: u64,
     pub rows_read: u64,
     pub rows_used: u64,
@@ -330,7 +328,6 @@ fn train_on(
     };
     if let Some(why) = refusal {
         if !c.force {
-            report.refused = Some(why.clone());
             return Err(refuse(format!("not published: {why} (--force publishes anyway)")));
         }
         tracing::warn!(%why, "publishing anyway (forced)");
