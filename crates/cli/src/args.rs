@@ -162,9 +162,20 @@ pub struct TrainArgs {
     /// Publish even when the quality gate refuses the model.
     #[arg(long, env = "TXPIPE_FORCE")]
     pub force: bool,
-    /// Also score the history into ClickHouse transactions_batch (not built yet).
+    /// After publishing, score the history with the new model into ClickHouse
+    /// transactions_batch.
     #[arg(long, env = "TXPIPE_BATCH_SCORE")]
     pub batch_score: bool,
+    /// Batch scoring writes only events at or after this time (RFC 3339, or a date YYYY-MM-DD).
+    #[arg(long, env = "TXPIPE_FROM", value_name = "TIME")]
+    pub from: Option<String>,
+    /// Batch scoring writes only events before this time (RFC 3339, or a date YYYY-MM-DD).
+    #[arg(long, env = "TXPIPE_TO", value_name = "TIME")]
+    pub to: Option<String>,
+    /// Keep running and train again on this schedule (30m, 6h, 1d); SIGTERM between runs
+    /// exits 0.
+    #[arg(long, env = "TXPIPE_EVERY", value_name = "DURATION")]
+    pub every: Option<String>,
 }
 
 #[derive(Debug, Args, Default)]

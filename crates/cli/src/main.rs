@@ -174,13 +174,39 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => {
             config.apply_train(&a);
             let schema = config.validate_common().map_err(usage)?;
-            if a.batch_score {
-                return Err(usage(anyhow::anyhow!(
-                    "--batch-score: batch scoring into ClickHouse is not built yet; train without it"
-                )));
-            }
             let settings = config.train.validate().map_err(explain).map_err(usage)?;
             config.features.validate(&schema).map_err(explain).map_err(usage)?;
+            let range = |flag: &str, v: &Option<String>| v.as_deref().map(|t| time_flag(flag, t)).transpose();
+            let (from_us, to_us) =
+                (range("--from", &a.from).map_err(usage)?, range("--to", &a.to).map_err(usage)?);
+            if !a.batch_score && (from_us.is_some() || to_us.is_some()) {
+                return Err(usage(anyhow::anyhow!(
+                    "--from and --to choose what --batch-score writes; add --batch-score"
+                )));
+            }
+            if let (Some(f), Some(t)) = (from_us, to_us)
+                && f >= t
+            {
+                return Err(usage(anyhow::anyhow!("--from must be before --to")));
+            }
+            if a.batch_score {
+                txpipe_connectors::clickhouse::Serving::columns_for(
+                    &schema,
+                    config.clickhouse.fields.as_deref(),
+                )
+                .map_err(|e| usage(e.into()))?;
+            }
+            let batch = a.batch_score.then(|| train::batch::BatchScore {
+                from_us,
+                to_us,
+                ..train::batch::BatchScore::new(config.clickhouse.clone())
+            });
+            let every = a.every.as_deref().map(|e| duration_flag("--every", e)).transpose().map_err(usage)?;
+            if every.is_some() && config.train.version.is_some() {
+                return Err(usage(anyhow::anyhow!(
+                    "--every retrains on the newest table version; it cannot be combined with --delta-version"
+                )));
+            }
             init_logging(&config)?;
             let job = TrainJob {
                 settings,
@@ -188,29 +214,96 @@ fn run(cli: Cli) -> Result<()> {
                 schema,
                 features: config.features.clone(),
                 model_dir: config.models.dir.clone(),
+                batch,
             };
-            let r = runtime()?.block_on(train::run(job))?;
-            eprintln!(
-                "trained on {} rows ({} read) of Delta version {}: held-out AUC {:.4}, AUC-PR {:.4}, threshold {:.4}; \
-                 published version {} in {}; read {:.2} s, features {:.2} s, fit {:.2} s, evaluate {:.2} s, publish {:.2} s",
-                r.rows_used,
-                r.rows_read,
-                r.delta_version,
-                r.holdout_auc,
-                r.holdout_auc_pr,
-                r.threshold,
-                r.published.as_deref().unwrap_or("none"),
-                config.models.dir,
-                r.read_s,
-                r.features_s,
-                r.fit_s,
-                r.evaluate_s,
-                r.publish_s
-            );
-            Ok(())
+            let Some(every) = every else {
+                let r = runtime()?.block_on(train::run(job))?;
+                print_train(&config, &r);
+                return Ok(());
+            };
+            // On a schedule: each run as above; a failed or refused run is reported and the
+            // next one comes; SIGINT/SIGTERM end the loop (after a run in progress).
+            let rt = runtime()?;
+            rt.block_on(async {
+                let shutdown = Shutdown::new();
+                shutdown.on_signals();
+                loop {
+                    let started = tokio::time::Instant::now();
+                    match train::run(job.clone()).await {
+                        Ok(r) => print_train(&config, &r),
+                        Err(e) => tracing::warn!(error = %e, "this scheduled training run did not publish"),
+                    }
+                    let next = started + every;
+                    tracing::info!(every = %humantime::format_duration(every), "next training run scheduled");
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next) => {}
+                        _ = shutdown.wait() => return Ok(()),
+                    }
+                    if shutdown.is_triggered() {
+                        return Ok(());
+                    }
+                }
+            })
         }
         Command::Score(_) => not_built("score"),
     }
+}
+
+fn print_train(config: &Config, r: &train::TrainReport) {
+    eprintln!(
+        "trained on {} rows ({} read) of Delta version {}: held-out AUC {:.4}, AUC-PR {:.4}, threshold {:.4}; \
+         published version {} in {}; read {:.2} s, features {:.2} s, fit {:.2} s, evaluate {:.2} s, publish {:.2} s",
+        r.rows_used,
+        r.rows_read,
+        r.delta_version,
+        r.holdout_auc,
+        r.holdout_auc_pr,
+        r.threshold,
+        r.published.as_deref().unwrap_or("none"),
+        config.models.dir,
+        r.read_s,
+        r.features_s,
+        r.fit_s,
+        r.evaluate_s,
+        r.publish_s
+    );
+    if let Some(path) = &r.report_path {
+        eprintln!("report: {path}");
+    }
+    if let Some(b) = &r.batch {
+        eprintln!(
+            "batch scores: {} rows of Delta version {} into {}.{} (run {}, model {}) in {} inserts, {:.2} s",
+            b.rows,
+            b.delta_version,
+            config.clickhouse.database,
+            txpipe_connectors::clickhouse::BATCH,
+            b.run_id,
+            b.model_version,
+            b.inserts,
+            b.seconds
+        );
+    }
+}
+
+/// A duration flag (`90s`, `6h`, `1d`), at least a second.
+fn duration_flag(flag: &str, value: &str) -> Result<std::time::Duration> {
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) if d >= std::time::Duration::from_secs(1) => Ok(d),
+        _ => anyhow::bail!(
+            "invalid {flag} {value:?}: expected a duration of at least a second, such as 30m, 6h or 1d"
+        ),
+    }
+}
+
+/// A time flag: RFC 3339, or a date (midnight UTC); UTC microseconds.
+fn time_flag(flag: &str, value: &str) -> Result<i64> {
+    let parsed = chrono::DateTime::parse_from_rfc3339(value).map(|t| t.timestamp_micros()).or_else(|_| {
+        chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
+            .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc().timestamp_micros())
+    });
+    parsed.map_err(|_| {
+        anyhow::anyhow!("invalid {flag} {value:?}: expected an RFC 3339 time (2026-11-30T08:00:00Z) or a date (2026-11-30)")
+    })
 }
 
 fn not_built(job: &str) -> Result<()> {

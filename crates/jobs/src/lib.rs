@@ -4,6 +4,7 @@
 //! - [`produce`]: synthetic events into Kafka or a file;
 //! - [`ingest`]: Job 1, Kafka → Delta, exactly once;
 //! - [`optimize`]: compaction and vacuum of the tables;
+//! - [`score`]: Job 2, the clean table as a stream → features → model → ClickHouse;
 //! - [`train`]: Job 3, Delta history → features → logistic regression → a published model;
 //! - [`models`]: the model directory, versions switched atomically.
 
@@ -11,6 +12,7 @@ pub mod ingest;
 pub mod models;
 pub mod optimize;
 pub mod produce;
+pub mod score;
 mod shutdown;
 pub mod train;
 
@@ -28,6 +30,11 @@ pub enum JobError {
     Kafka(#[from] txpipe_connectors::kafka::KafkaError),
     #[error(transparent)]
     Delta(#[from] txpipe_connectors::delta::DeltaError),
+    #[error(transparent)]
+    ClickHouse(#[from] txpipe_connectors::clickhouse::ClickHouseError),
+    /// Train published its model, then failed at batch scoring.
+    #[error("model version {published} is published, but its batch scores were not written: {source}")]
+    BatchScore { published: String, source: Box<JobError> },
     /// A local file could not be read or written.
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },

@@ -1,8 +1,13 @@
 //! `txpipe train` in process, on real Delta tables in temporary folders, written from the
 //! synthetic generator (whose true fraud probabilities are known): publication, loading back,
-//! and every refusal with its message.
+//! every refusal with its message, and batch scores in the real ClickHouse of
+//! `scripts/services`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use txpipe_connectors::clickhouse::{ClickHouseConfig, Serving};
+use txpipe_connectors::retry::Backoff;
 
 use txpipe_connectors::delta::{CleanRows, EVENT_DATE, Table, TablesConfig, clean_schema};
 use txpipe_core::event::EventParser;
@@ -12,6 +17,7 @@ use txpipe_core::model::metrics;
 use txpipe_core::schema::Schema;
 use txpipe_jobs::JobError;
 use txpipe_jobs::models::ModelStore;
+use txpipe_jobs::train::batch::BatchScore;
 use txpipe_jobs::train::{self, TrainConfig, TrainJob};
 
 /// Writes `count` generated events into a clean table at `dir/clean` in commits of 10,000, as
@@ -63,6 +69,7 @@ fn job(dir: &std::path::Path, config: TrainConfig) -> TrainJob {
         schema: Schema::default_schema(),
         features: FeatureConfig::default(),
         model_dir: dir.join("models").display().to_string(),
+        batch: None,
     }
 }
 
@@ -187,4 +194,92 @@ fn bad_settings_name_their_key() {
             .contains("none or balanced")
     );
     assert!(TrainConfig { threshold: "precision:0.9".into(), ..TrainConfig::default() }.validate().is_ok());
+}
+
+/// ClickHouse settings for a database no other test uses (on the server of `scripts/services`).
+fn fresh_clickhouse(name: &str) -> ClickHouseConfig {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ClickHouseConfig {
+        url: std::env::var("TXPIPE_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into()),
+        database: format!("test_{name}_{}_{n}", std::process::id()),
+        ..ClickHouseConfig::default()
+    }
+}
+
+async fn query(config: &ClickHouseConfig, sql: &str) -> String {
+    let serving = Serving::new(config, Vec::new());
+    serving.fetch_text(sql).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_scores_land_once_per_transaction_in_the_serving_view_also_when_run_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    history(dir.path(), generated(20_000, 0.05, true)).await;
+    let clickhouse = fresh_clickhouse("batch");
+    let batch = BatchScore::new(clickhouse.clone());
+    let with_batch = || TrainJob { batch: Some(batch.clone()), ..job(dir.path(), TrainConfig::default()) };
+    let first = train::run(with_batch()).await.unwrap();
+    let b = first.batch.clone().expect("batch scores written");
+    assert_eq!((b.rows, b.model_version.as_str()), (20_000, "000001"), "{b:?}");
+    let db = &clickhouse.database;
+    let count = |table: &str| format!("SELECT count(), uniqExact(transaction_id) FROM {db}.{table}");
+    assert_eq!(query(&clickhouse, &count("transactions_batch")).await, "20000\t20000");
+    // Every row carries its model, run, a probability and reasons named after features.
+    let summary = query(
+        &clickhouse,
+        &format!(
+            "SELECT uniqExact(model_version), uniqExact(batch_run_id), min(fraud_probability) >= 0, \
+             max(fraud_probability) <= 1, countIf(length(reasons) BETWEEN 1 AND 3), any(model_version) \
+             FROM {db}.transactions_batch"
+        ),
+    )
+    .await;
+    assert_eq!(summary, "1\t1\t1\t1\t20000\t000001");
+    let model = ModelStore::new(dir.path().join("models")).current().unwrap().unwrap();
+    let reasons =
+        query(&clickhouse, &format!("SELECT DISTINCT arrayJoin(reasons) FROM {db}.transactions_batch")).await;
+    for r in reasons.lines() {
+        assert!(model.features.names.iter().any(|n| n == r), "reason {r:?} is not a feature name");
+    }
+    // The fraudulent rows score higher than the others, on average.
+    let by_label = query(
+        &clickhouse,
+        &format!("SELECT avgIf(fraud_probability, predicted_label = 1) > avgIf(fraud_probability, predicted_label = 0) FROM {db}.transactions_batch"),
+    )
+    .await;
+    assert_eq!(by_label, "1");
+
+    // A second run (a new model, a new run): the table holds both, the view one row per id,
+    // from the newer run.
+    let second = train::run(with_batch()).await.unwrap();
+    let run2 = second.batch.unwrap().run_id;
+    assert_eq!(second.published.as_deref(), Some("000002"));
+    assert_eq!(query(&clickhouse, &count("transactions_serving")).await, "20000\t20000");
+    let runs = query(
+        &clickhouse,
+        &format!(
+            "SELECT uniqExact(batch_run_id), any(batch_run_id), any(source) FROM {db}.transactions_serving"
+        ),
+    )
+    .await;
+    assert_eq!(runs, format!("1\t{run2}\tbatch"));
+    query(&clickhouse, &format!("DROP DATABASE {db}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_scoring_with_clickhouse_away_keeps_the_model_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    history(dir.path(), generated(10_000, 0.05, true)).await;
+    let away = ClickHouseConfig { url: "http://127.0.0.1:9".into(), ..ClickHouseConfig::default() };
+    let batch = BatchScore {
+        backoff: Backoff { initial: Duration::from_millis(10), max: Duration::from_millis(20), attempts: 2 },
+        ..BatchScore::new(away)
+    };
+    let run = TrainJob { batch: Some(batch), ..job(dir.path(), TrainConfig::default()) };
+    let err = train::run(run).await.unwrap_err();
+    assert!(matches!(&err, JobError::BatchScore { published, .. } if published == "000001"), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("model version 000001 is published") && text.contains("127.0.0.1:9"), "{text}");
+    assert_eq!(ModelStore::new(dir.path().join("models")).current_id().unwrap().as_deref(), Some("000001"));
 }

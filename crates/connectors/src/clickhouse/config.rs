@@ -16,6 +16,11 @@ pub struct ClickHouseConfig {
     /// Password; prefer the environment variable TXPIPE_CLICKHOUSE_PASSWORD to a file.
     #[serde(skip_serializing)]
     pub password: String,
+    /// Event fields copied beside each prediction, for filtering (absent: those of
+    /// `account_id`, `amount`, `merchant_category` the schema has).
+    pub fields: Option<Vec<String>>,
+    /// Rows per insert into the serving tables at most.
+    pub insert_rows: usize,
 }
 
 impl Default for ClickHouseConfig {
@@ -25,6 +30,8 @@ impl Default for ClickHouseConfig {
             database: "default".into(),
             user: String::new(),
             password: String::new(),
+            fields: None,
+            insert_rows: 100_000,
         }
     }
 }
@@ -51,6 +58,9 @@ impl ClickHouseConfig {
                 &self.database,
                 "a database name of letters, digits and '_', not starting with a digit",
             ));
+        }
+        if self.insert_rows == 0 {
+            return Err(ConfigError::config("clickhouse.insert_rows", 0, "at least 1"));
         }
         Ok(())
     }

@@ -1,6 +1,11 @@
-//! ClickHouse, the serving layer: settings (client and tables come with the score and train
-//! jobs).
+//! ClickHouse, the serving layer: settings, the tables and view predictions are served from,
+//! and inserts into them.
 
 mod config;
+mod serving;
 
 pub use config::ClickHouseConfig;
+pub use serving::{
+    BATCH, ClickHouseError, PROGRESS, Prediction, PredictionRows, REALTIME, SERVING, Serving, ServingColumn,
+    Target,
+};

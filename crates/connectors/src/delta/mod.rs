@@ -7,6 +7,7 @@ mod maintenance;
 mod read;
 mod rows;
 mod table;
+mod tail;
 
 pub use config::TablesConfig;
 /// The Arrow version delta-rs is built with, for callers that build batches.
@@ -17,3 +18,4 @@ pub use maintenance::{CompactReport, compact, vacuum};
 pub use read::{DataFile, Projection, data_files, read_columns, read_file, read_rows, string_values};
 pub use rows::{CleanRows, EVENT_DATE, QuarantineRows, clean_schema, quarantine_schema};
 pub use table::{DeltaError, Table, TableWriter, open_existing};
+pub use tail::{TableTail, TailBatch};

@@ -111,9 +111,6 @@ pub struct Projection {
 
 /// Reads `columns` of every row of the table at `location`, at `version` (None: the newest),
 /// decoding only those columns of each Parquet file, `parallel` files at a time (in file order).
-// parquet 59 deprecates `ParquetObjectReader` in favour of a hand-written `AsyncFileReader`;
-// delta-rs 1.1 reads its own files with it, and so does this until delta-rs moves.
-#[allow(deprecated)]
 pub async fn read_columns(
     location: &str,
     storage_options: &std::collections::BTreeMap<String, String>,
@@ -121,10 +118,7 @@ pub async fn read_columns(
     columns: &[&str],
     parallel: usize,
 ) -> Result<Projection, super::DeltaError> {
-    use deltalake::arrow::array::new_null_array;
     use deltalake::arrow::datatypes::{Field, Schema};
-    use deltalake::parquet::arrow::ProjectionMask;
-    use deltalake::parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
     use futures::StreamExt;
 
     let mut table = super::open_existing(location, storage_options).await?;
@@ -155,43 +149,7 @@ pub async fn read_columns(
     let read_one = |file: DataFile| {
         let (store, out_schema, partition_columns) =
             (store.clone(), out_schema.clone(), partition_columns.clone());
-        async move {
-            let reader = ParquetObjectReader::new(store, file.path.clone()).with_file_size(file.size as u64);
-            let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
-            let wanted: Vec<&str> = out_schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .filter(|n| builder.schema().field_with_name(n).is_ok())
-                .collect();
-            let mask = ProjectionMask::columns(builder.parquet_schema(), wanted.iter().copied());
-            let batches: Vec<RecordBatch> = builder.with_projection(mask).build()?.try_collect().await?;
-            let mut out = Vec::with_capacity(batches.len());
-            for b in batches {
-                let n = b.num_rows();
-                let columns: Vec<ArrayRef> = out_schema
-                    .fields()
-                    .iter()
-                    .map(|f| match b.column_by_name(f.name()) {
-                        Some(c) => c.clone(),
-                        None if partition_columns.contains(f.name())
-                            && f.data_type() == &DataType::Date32 =>
-                        {
-                            let days = file
-                                .partition_values
-                                .get(f.name())
-                                .cloned()
-                                .flatten()
-                                .and_then(|v| date_days(&v));
-                            Arc::new(Date32Array::from(vec![days; n])) as ArrayRef
-                        }
-                        None => new_null_array(f.data_type(), n),
-                    })
-                    .collect();
-                out.push(RecordBatch::try_new(out_schema.clone(), columns)?);
-            }
-            Ok::<_, DeltaTableError>(out)
-        }
+        async move { read_projected(store, &file, &out_schema, &partition_columns).await }
     };
     let per_file: Vec<Vec<RecordBatch>> = futures::stream::iter(files)
         .map(read_one)
@@ -200,6 +158,53 @@ pub async fn read_columns(
         .await
         .map_err(read_err)?;
     Ok(Projection { version, batches: per_file.into_iter().flatten().collect(), absent })
+}
+
+// parquet 59 deprecates `ParquetObjectReader` in favour of a hand-written `AsyncFileReader`;
+// delta-rs 1.1 reads its own files with it, and so does this until delta-rs moves.
+/// The rows of one data file with exactly the columns of `out_schema`, in its order: only those
+/// columns are decoded; a date partition column comes back from the log's partition values, and
+/// a column the file lacks is all null.
+#[allow(deprecated)]
+pub(crate) async fn read_projected(
+    store: deltalake::logstore::ObjectStoreRef,
+    file: &DataFile,
+    out_schema: &deltalake::arrow::datatypes::SchemaRef,
+    partition_columns: &[String],
+) -> Result<Vec<RecordBatch>, DeltaTableError> {
+    use deltalake::arrow::array::new_null_array;
+    use deltalake::parquet::arrow::ProjectionMask;
+    use deltalake::parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+
+    let reader = ParquetObjectReader::new(store, file.path.clone()).with_file_size(file.size as u64);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+    let wanted: Vec<&str> = out_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|n| builder.schema().field_with_name(n).is_ok())
+        .collect();
+    let mask = ProjectionMask::columns(builder.parquet_schema(), wanted.iter().copied());
+    let batches: Vec<RecordBatch> = builder.with_projection(mask).build()?.try_collect().await?;
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let n = b.num_rows();
+        let columns: Vec<ArrayRef> = out_schema
+            .fields()
+            .iter()
+            .map(|f| match b.column_by_name(f.name()) {
+                Some(c) => c.clone(),
+                None if partition_columns.contains(f.name()) && f.data_type() == &DataType::Date32 => {
+                    let days =
+                        file.partition_values.get(f.name()).cloned().flatten().and_then(|v| date_days(&v));
+                    Arc::new(Date32Array::from(vec![days; n])) as ArrayRef
+                }
+                None => new_null_array(f.data_type(), n),
+            })
+            .collect();
+        out.push(RecordBatch::try_new(out_schema.clone(), columns)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

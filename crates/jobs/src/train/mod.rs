@@ -10,7 +10,9 @@
 //! fitted. Feature statistics come from the fitted slice only; history features run over all
 //! rows in table order, as `score` computes them.
 
-mod rows;
+pub mod batch;
+pub mod report;
+pub(crate) mod rows;
 
 use std::time::Instant;
 
@@ -138,6 +140,8 @@ pub struct TrainJob {
     pub schema: Schema,
     pub features: FeatureConfig,
     pub model_dir: String,
+    /// Score the history into ClickHouse after publishing.
+    pub batch: Option<batch::BatchScore>,
 }
 
 /// What a train run did.
@@ -157,6 +161,10 @@ pub struct TrainReport {
     pub fit_s: f64,
     pub evaluate_s: f64,
     pub publish_s: f64,
+    /// The published version's HTML report.
+    pub report_path: Option<String>,
+    /// What batch scoring wrote (with `--batch-score`).
+    pub batch: Option<batch::BatchReport>,
 }
 
 /// A run that cannot train: no model is published.
@@ -179,6 +187,10 @@ pub async fn run(job: TrainJob) -> Result<TrainReport> {
     let report = TrainReport::default();
 
     let started = Instant::now();
+    // A spinner naming the stage, on a terminal only (indicatif draws nothing elsewhere).
+    let progress =
+        indicatif::ProgressBar::new_spinner().with_message(format!("reading {}", job.tables.clean));
+    progress.enable_steady_tick(std::time::Duration::from_millis(150));
     let mut wanted: Vec<&str> = job.schema.fields().iter().map(|f| f.name.as_str()).collect();
     wanted.extend(["kafka_partition", "kafka_offset"]);
     let projection = delta::read_columns(
@@ -194,9 +206,40 @@ pub async fn run(job: TrainJob) -> Result<TrainReport> {
         return Err(refuse(format!("the table {} has no label column `{label_name}`", job.tables.clean)));
     }
     // The rest is CPU work (and local files): on a blocking thread, not on the async runtime.
-    tokio::task::spawn_blocking(move || train_on(job, spec, label, projection, report, started))
-        .await
-        .map_err(|e| JobError::Internal(format!("the training task: {e}")))?
+    let (tables, schema, model_dir, batch) =
+        (job.tables.clone(), job.schema.clone(), job.model_dir.clone(), job.batch.clone());
+    let parallelism = settings.config.read_parallelism;
+    let stages = progress.clone();
+    let trained =
+        tokio::task::spawn_blocking(move || train_on(job, spec, label, projection, report, started, &stages))
+            .await
+            .map_err(|e| JobError::Internal(format!("the training task: {e}")));
+    let mut report = match trained {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) | Err(e) => {
+            progress.finish_and_clear();
+            return Err(e);
+        }
+    };
+    if report.batch.is_none() && batch.is_some() {
+        progress.set_message("batch scoring into ClickHouse");
+    }
+    if let (Some(batch), Some(id)) = (batch, report.published.clone()) {
+        let scored = async {
+            let model = ModelStore::new(&model_dir).load(&id)?;
+            batch::score_history(&tables, &schema, &model, Some(report.delta_version), parallelism, &batch)
+                .await
+        };
+        match scored.await {
+            Ok(b) => report.batch = Some(b),
+            Err(e) => {
+                progress.finish_and_clear();
+                return Err(JobError::BatchScore { published: id, source: Box::new(e) });
+            }
+        }
+    }
+    progress.finish_and_clear();
+    Ok(report)
 }
 
 /// Orders, featurises, fits, evaluates and publishes what was read.
@@ -207,9 +250,14 @@ fn train_on(
     projection: delta::Projection,
     mut report: TrainReport,
     started: Instant,
+    progress: &indicatif::ProgressBar,
 ) -> Result<TrainReport> {
+    progress.set_message(format!(
+        "ordering {} rows",
+        projection.batches.iter().map(|b| b.num_rows()).sum::<usize>()
+    ));
     let settings = &job.settings;
-    let rows = rows::Rows::new(&job.schema, &projection.batches, label)?;
+    let rows = rows::Rows::new(&job.schema, &projection.batches, Some(label))?;
     report.delta_version = projection.version;
     report.rows_read = rows.read;
     report.rows_used = rows.order.len() as u64;
@@ -222,6 +270,7 @@ fn train_on(
     report.read_s = started.elapsed().as_secs_f64();
 
     // Slices by event time.
+    progress.set_message(format!("features of {} rows", rows.order.len()));
     let started = Instant::now();
     let mut times: Vec<i64> = rows.order.iter().map(|&r| rows.time_of(r)).collect();
     times.sort_unstable();
@@ -293,6 +342,7 @@ fn train_on(
         )));
     }
 
+    progress.set_message(format!("fitting on {} rows", slices[0].0.len()));
     let started = Instant::now();
     let [train, validation, holdout] = slices.map(|(rows, y)| (matrix.select_rows(&rows), y));
     drop(matrix);
@@ -300,12 +350,14 @@ fn train_on(
     report.fit_s = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
+    progress.set_message("evaluating");
     let pv = lr.probabilities(&validation.0);
     let chosen = model::choose_threshold(&pv, &validation.1, settings.target);
+    let ph = lr.probabilities(&holdout.0);
     let metrics = Metrics {
         train: model::evaluate(&lr.probabilities(&train.0), &train.1, chosen.threshold),
         validation: model::evaluate(&pv, &validation.1, chosen.threshold),
-        holdout: model::evaluate(&lr.probabilities(&holdout.0), &holdout.1, chosen.threshold),
+        holdout: model::evaluate(&ph, &holdout.1, chosen.threshold),
     };
     report.evaluate_s = started.elapsed().as_secs_f64();
     report.holdout_auc = metrics.holdout.auc_roc;
@@ -332,6 +384,7 @@ fn train_on(
         }
         tracing::warn!(%why, "publishing anyway (forced)");
     }
+    progress.set_message("publishing");
     let started = Instant::now();
     let artifact = |id: &str| ModelArtifact {
         format: model::artifact::FORMAT,
@@ -359,7 +412,12 @@ fn train_on(
         },
         metrics: metrics.clone(),
     };
-    let (id, dir) = store.publish(artifact, |_, _| Ok(()))?;
+    let (id, dir) = store.publish(artifact, |model, dir| {
+        let page = report::render(model, &ph, &holdout.1)?;
+        let path = dir.join(report::REPORT_FILE);
+        std::fs::write(&path, page).map_err(|e| JobError::io(&path, e))
+    })?;
+    report.report_path = Some(dir.join(report::REPORT_FILE).display().to_string());
     report.publish_s = started.elapsed().as_secs_f64();
     tracing::info!(version = %id, dir = %dir.display(), auc, "model published");
     report.published = Some(id);

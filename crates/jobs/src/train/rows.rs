@@ -30,13 +30,13 @@ enum Column {
 }
 
 /// The columns of the schema's fields, batch by batch, and the row order.
-pub(super) struct Rows {
+pub(crate) struct Rows {
     columns: Vec<Vec<Column>>,
     /// (batch, row) of each row used, in table order.
     pub order: Vec<(u32, u32)>,
     pub read: u64,
     time: usize,
-    label: usize,
+    label: Option<usize>,
 }
 
 fn typed(field: &str, kind: FieldType, column: &ArrayRef) -> Result<Column> {
@@ -59,7 +59,7 @@ fn typed(field: &str, kind: FieldType, column: &ArrayRef) -> Result<Column> {
 impl Rows {
     /// Takes the projected batches (the schema's fields by name, then `kafka_partition` and
     /// `kafka_offset`), orders the rows and drops repeated ids.
-    pub fn new(schema: &Schema, batches: &[RecordBatch], label: usize) -> Result<Rows> {
+    pub fn new(schema: &Schema, batches: &[RecordBatch], label: Option<usize>) -> Result<Rows> {
         let fields = schema.fields();
         let mut columns = Vec::with_capacity(batches.len());
         let mut keys: Vec<(i64, i64, u32, u32)> = Vec::new();
@@ -135,7 +135,7 @@ impl Rows {
 
     /// The label of a row: None when it has none.
     pub fn label_of(&self, (b, i): (u32, u32)) -> Option<bool> {
-        match &self.columns[b as usize][self.label] {
+        match &self.columns[b as usize][self.label?] {
             Column::Bool(c) if c.is_valid(i as usize) => Some(c.value(i as usize)),
             _ => None,
         }

@@ -1,0 +1,425 @@
+//! The serving layer's tables (DESIGN §4): `transactions_realtime`, `transactions_batch` and
+//! the view `transactions_serving` over both, their DDL, and inserts of predictions.
+//!
+//! In: the event fields to copy beside each prediction (the ones a person filters by) and
+//! predictions. Out: rows in ClickHouse. Both tables are ReplacingMergeTree keyed by
+//! transaction id, so a replayed insert is merged away; the view groups by transaction id, so
+//! it shows one row per transaction even before ClickHouse merged anything: the batch row where
+//! one exists (the newest batch run), else the newest realtime row.
+//!
+//! The SQL uses only what ClickHouse 18.16 (Debian's, the tests' server) and current releases
+//! both accept: DateTime (seconds), Nullable, Array(String), ReplacingMergeTree with PARTITION BY
+//! and ORDER BY, a view with `argMax` over `UNION ALL`. Rows go in as RowBinary through the
+//! `clickhouse` crate's formatted insert, built here because the columns follow the schema.
+
+use bytes::Bytes;
+use txpipe_core::event::Value;
+use txpipe_core::schema::{FieldType, Schema};
+
+use super::ClickHouseConfig;
+
+pub const REALTIME: &str = "transactions_realtime";
+pub const BATCH: &str = "transactions_batch";
+pub const SERVING: &str = "transactions_serving";
+/// Where `score` keeps how far it got: per source table, the highest Delta version whose rows
+/// are all in `transactions_realtime`.
+pub const PROGRESS: &str = "txpipe_score_progress";
+
+/// What can go wrong with ClickHouse.
+#[derive(Debug, thiserror::Error)]
+pub enum ClickHouseError {
+    #[error("clickhouse at {url}: {what} failed: {source}")]
+    Request { url: String, what: String, source: clickhouse::error::Error },
+    #[error("clickhouse: {0}")]
+    Layout(String),
+}
+
+impl ClickHouseError {
+    /// Whether trying again can succeed (the server down or slow, a connection cut), as opposed
+    /// to a statement the server refuses.
+    pub fn retryable(&self) -> bool {
+        use clickhouse::error::Error as E;
+        match self {
+            ClickHouseError::Request { source, .. } => matches!(source, E::Network(_) | E::TimedOut),
+            ClickHouseError::Layout(_) => false,
+        }
+    }
+}
+
+pub type Result<T, E = ClickHouseError> = std::result::Result<T, E>;
+
+/// An event field copied beside each prediction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServingColumn {
+    pub name: String,
+    pub kind: FieldType,
+    /// Whether the field may be absent (then the column is Nullable).
+    pub nullable: bool,
+}
+
+impl ServingColumn {
+    fn sql_type(&self) -> String {
+        let base = match self.kind {
+            FieldType::String => "String",
+            FieldType::Double => "Float64",
+            FieldType::Long => "Int64",
+            FieldType::Boolean => "UInt8",
+            FieldType::Timestamp => "DateTime",
+        };
+        if self.nullable { format!("Nullable({base})") } else { base.to_string() }
+    }
+}
+
+/// Which of the two tables a batch of predictions goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Realtime,
+    Batch,
+}
+
+impl Target {
+    pub fn table(self) -> &'static str {
+        match self {
+            Target::Realtime => REALTIME,
+            Target::Batch => BATCH,
+        }
+    }
+}
+
+/// The serving tables of one database, for one schema's copied fields.
+#[derive(Clone)]
+pub struct Serving {
+    client: clickhouse::Client,
+    /// A client without a database, for creating the database.
+    server: clickhouse::Client,
+    url: String,
+    database: String,
+    columns: Vec<ServingColumn>,
+}
+
+/// Fixed columns of both tables, after the transaction id, the event time and the copied fields.
+const PREDICTION_COLUMNS: [(&str, &str); 5] = [
+    ("fraud_probability", "Float64"),
+    ("predicted_label", "UInt8"),
+    ("reasons", "Array(String)"),
+    ("model_version", "String"),
+    ("scored_at", "DateTime"),
+];
+
+fn quote(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+impl Serving {
+    /// The columns to copy: `fields` from the schema (absent: the default ones it has of
+    /// account id, amount and merchant category). The id and time fields are always there.
+    pub fn columns_for(schema: &Schema, fields: Option<&[String]>) -> Result<Vec<ServingColumn>> {
+        let defaults = ["account_id", "amount", "merchant_category"];
+        let id = &schema.fields()[schema.id_index()].name;
+        let time = &schema.fields()[schema.time_index()].name;
+        let reserved = |n: &str| {
+            n == id
+                || n == time
+                || PREDICTION_COLUMNS.iter().any(|(c, _)| *c == n)
+                || ["transaction_id", "event_time", "batch_run_id"].contains(&n)
+        };
+        let names: Vec<String> = match fields {
+            Some(f) => f.to_vec(),
+            None => defaults
+                .iter()
+                .filter(|d| schema.fields().iter().any(|f| f.name == **d))
+                .map(|d| d.to_string())
+                .collect(),
+        };
+        let mut out: Vec<ServingColumn> = Vec::with_capacity(names.len());
+        for name in names {
+            let field = schema.fields().iter().find(|f| f.name == name).ok_or_else(|| {
+                ClickHouseError::Layout(format!(
+                    "clickhouse.fields: `{name}` is not a field of the schema (expected some of: {})",
+                    schema.fields().iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            if reserved(&name) || out.iter().any(|c| c.name == name) {
+                return Err(ClickHouseError::Layout(format!(
+                    "clickhouse.fields: `{name}` is listed twice or is a column the tables always have"
+                )));
+            }
+            out.push(ServingColumn { name, kind: field.kind, nullable: !field.required });
+        }
+        Ok(out)
+    }
+
+    pub fn new(config: &ClickHouseConfig, columns: Vec<ServingColumn>) -> Serving {
+        let mut server = clickhouse::Client::default().with_url(&config.url).with_validation(false);
+        if !config.user.is_empty() {
+            server = server.with_user(&config.user);
+        }
+        if !config.password.is_empty() {
+            server = server.with_password(&config.password);
+        }
+        let client = server.clone().with_database(&config.database);
+        Serving { client, server, url: config.url.clone(), database: config.database.clone(), columns }
+    }
+
+    pub fn columns(&self) -> &[ServingColumn] {
+        &self.columns
+    }
+
+    fn name(&self, table: &str) -> String {
+        format!("{}.{}", quote(&self.database), quote(table))
+    }
+
+    fn table_ddl(&self, table: &str, batch: bool) -> String {
+        let mut cols = vec!["transaction_id String".to_string(), "event_time DateTime".to_string()];
+        cols.extend(self.columns.iter().map(|c| format!("{} {}", quote(&c.name), c.sql_type())));
+        cols.extend(PREDICTION_COLUMNS.iter().map(|(n, t)| format!("{n} {t}")));
+        if batch {
+            cols.push("batch_run_id String".into());
+        }
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE = ReplacingMergeTree(scored_at) \
+             PARTITION BY toYYYYMM(event_time) ORDER BY transaction_id",
+            self.name(table),
+            cols.join(", ")
+        )
+    }
+
+    fn view_ddl(&self) -> String {
+        let mut shown: Vec<String> = vec!["event_time".into()];
+        shown.extend(self.columns.iter().map(|c| quote(&c.name)));
+        shown.extend(PREDICTION_COLUMNS.iter().map(|(n, _)| n.to_string()));
+        let common = format!("transaction_id, {}", shown.join(", "));
+        let picked: Vec<String> = shown
+            .iter()
+            .chain(["source".to_string(), "batch_run_id".to_string()].iter())
+            .map(|c| format!("argMax({c}, rank) AS {c}"))
+            .collect();
+        // A batch row outranks any realtime row; within a table the newest scoring wins.
+        format!(
+            "CREATE VIEW IF NOT EXISTS {view} AS SELECT transaction_id, {picked} FROM (\
+             SELECT {common}, 'batch' AS source, batch_run_id, 4294967296 + toUInt64(toUInt32(scored_at)) AS rank FROM {batch} \
+             UNION ALL \
+             SELECT {common}, 'realtime' AS source, '' AS batch_run_id, toUInt64(toUInt32(scored_at)) AS rank FROM {realtime}\
+             ) GROUP BY transaction_id",
+            view = self.name(SERVING),
+            picked = picked.join(", "),
+            batch = self.name(BATCH),
+            realtime = self.name(REALTIME),
+        )
+    }
+
+    /// Every statement [`Serving::ensure`] runs, in order.
+    pub fn statements(&self) -> Vec<String> {
+        vec![
+            format!("CREATE DATABASE IF NOT EXISTS {}", quote(&self.database)),
+            self.table_ddl(REALTIME, false),
+            self.table_ddl(BATCH, true),
+            self.view_ddl(),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (source String, delta_version UInt64, updated_at DateTime) \
+                 ENGINE = ReplacingMergeTree(delta_version) ORDER BY source",
+                self.name(PROGRESS)
+            ),
+        ]
+    }
+
+    /// The highest Delta version of `source` whose rows are all in `transactions_realtime`
+    /// (None: nothing recorded).
+    pub async fn progress(&self, source: &str) -> Result<Option<u64>> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct Found {
+            rows: u64,
+            version: u64,
+        }
+        let sql = format!(
+            "SELECT count() AS rows, max(delta_version) AS version FROM {} WHERE source = ?",
+            self.name(PROGRESS)
+        );
+        let found: Found = self
+            .client
+            .query(&sql)
+            .bind(source)
+            .fetch_one()
+            .await
+            .map_err(self.request_err("reading progress"))?;
+        Ok((found.rows > 0).then_some(found.version))
+    }
+
+    /// Records that every row of `source` up to `version` is in `transactions_realtime`.
+    pub async fn record_progress(&self, source: &str, version: u64) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {} (source, delta_version, updated_at) VALUES (?, ?, now())",
+            self.name(PROGRESS)
+        );
+        self.client
+            .query(&sql)
+            .bind(source)
+            .bind(version)
+            .execute()
+            .await
+            .map_err(self.request_err("recording progress"))
+    }
+
+    fn request_err(
+        &self,
+        what: impl Into<String>,
+    ) -> impl FnOnce(clickhouse::error::Error) -> ClickHouseError {
+        let url = self.url.clone();
+        let what = what.into();
+        move |source| ClickHouseError::Request { url, what, source }
+    }
+
+    /// Creates the database, the tables and the view when missing.
+    pub async fn ensure(&self) -> Result<()> {
+        for (i, sql) in self.statements().into_iter().enumerate() {
+            let client = if i == 0 { &self.server } else { &self.client };
+            let what = sql.split(" (").next().unwrap_or(&sql).to_string();
+            client.query(&sql).execute().await.map_err(self.request_err(what))?;
+        }
+        Ok(())
+    }
+
+    /// Runs a query and reads its one-line text answer (for checks and summaries).
+    pub async fn fetch_text(&self, sql: &str) -> Result<String> {
+        let mut cursor = self.client.query(sql).fetch_bytes("TSV").map_err(self.request_err(sql))?;
+        let bytes = cursor.collect().await.map_err(self.request_err(sql))?;
+        Ok(String::from_utf8_lossy(&bytes).trim_end().to_string())
+    }
+
+    /// Inserts the encoded rows into their table, in one request.
+    pub async fn insert(&self, rows: &PredictionRows) -> Result<()> {
+        let target = rows.target;
+        if rows.count == 0 {
+            return Ok(());
+        }
+        let mut names = vec!["transaction_id".to_string(), "event_time".to_string()];
+        names.extend(self.columns.iter().map(|c| quote(&c.name)));
+        names.extend(PREDICTION_COLUMNS.iter().map(|(n, _)| n.to_string()));
+        if target == Target::Batch {
+            names.push("batch_run_id".into());
+        }
+        let sql =
+            format!("INSERT INTO {} ({}) FORMAT RowBinary", self.name(target.table()), names.join(", "));
+        let what = format!("inserting {} rows into {}", rows.count, target.table());
+        let mut insert = self.client.insert_formatted_with(sql);
+        insert.send(Bytes::copy_from_slice(&rows.buf)).await.map_err(self.request_err(what.clone()))?;
+        insert.end().await.map_err(self.request_err(what))
+    }
+}
+
+/// One prediction, as it goes to ClickHouse.
+pub struct Prediction<'a> {
+    pub transaction_id: &'a str,
+    /// UTC microseconds.
+    pub event_time_us: i64,
+    /// The copied fields' values, in the order of [`Serving::columns`].
+    pub fields: &'a [Value<'a>],
+    pub probability: f64,
+    pub label: bool,
+    pub reasons: &'a [&'a str],
+    pub model_version: &'a str,
+    /// UTC seconds.
+    pub scored_at: u32,
+    /// The batch run (batch table only).
+    pub batch_run_id: Option<&'a str>,
+}
+
+/// Predictions encoded as RowBinary for one insert into one table.
+#[derive(Debug, Clone)]
+pub struct PredictionRows {
+    target: Target,
+    buf: Vec<u8>,
+    count: usize,
+}
+
+fn varint(buf: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            buf.push(byte);
+            return;
+        }
+        buf.push(byte | 0x80);
+    }
+}
+
+fn string(buf: &mut Vec<u8>, s: &str) {
+    varint(buf, s.len() as u64);
+    buf.extend_from_slice(s.as_bytes());
+}
+
+/// DateTime: UTC seconds as UInt32 (clamped to its range).
+fn seconds(us: i64) -> u32 {
+    us.div_euclid(1_000_000).clamp(0, u32::MAX as i64) as u32
+}
+
+impl PredictionRows {
+    pub fn new(target: Target) -> PredictionRows {
+        PredictionRows { target, buf: Vec::new(), count: 0 }
+    }
+
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Encoded size in bytes.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.count = 0;
+    }
+
+    /// Appends one prediction; `columns` are the serving tables' copied fields.
+    pub fn push(&mut self, columns: &[ServingColumn], p: &Prediction<'_>) {
+        let buf = &mut self.buf;
+        string(buf, p.transaction_id);
+        buf.extend_from_slice(&seconds(p.event_time_us).to_le_bytes());
+        for (column, value) in columns.iter().zip(p.fields) {
+            if column.nullable {
+                if matches!(value, Value::Null) {
+                    buf.push(1);
+                    continue;
+                }
+                buf.push(0);
+            }
+            match (column.kind, value) {
+                (FieldType::String, Value::Str(s)) => string(buf, s),
+                (FieldType::Double, Value::Double(v)) => buf.extend_from_slice(&v.to_le_bytes()),
+                (FieldType::Long, Value::Long(v)) => buf.extend_from_slice(&v.to_le_bytes()),
+                (FieldType::Boolean, Value::Bool(v)) => buf.push(u8::from(*v)),
+                (FieldType::Timestamp, Value::Timestamp(us)) => {
+                    buf.extend_from_slice(&seconds(*us).to_le_bytes())
+                }
+                // A required field without a value (not possible for parsed events): its zero.
+                (FieldType::String, _) => string(buf, ""),
+                (FieldType::Double | FieldType::Long, _) => buf.extend_from_slice(&0u64.to_le_bytes()),
+                (FieldType::Boolean, _) => buf.push(0),
+                (FieldType::Timestamp, _) => buf.extend_from_slice(&0u32.to_le_bytes()),
+            }
+        }
+        buf.extend_from_slice(&p.probability.to_le_bytes());
+        buf.push(u8::from(p.label));
+        varint(buf, p.reasons.len() as u64);
+        for r in p.reasons {
+            string(buf, r);
+        }
+        string(buf, p.model_version);
+        buf.extend_from_slice(&p.scored_at.to_le_bytes());
+        if self.target == Target::Batch {
+            string(buf, p.batch_run_id.unwrap_or_default());
+        }
+        self.count += 1;
+    }
+}

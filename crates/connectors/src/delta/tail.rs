@@ -1,0 +1,240 @@
+//! A resumable reader of a Delta table as a stream: the data files that commits after a given
+//! version added, in commit order, a bounded number at a time.
+//!
+//! In: a table location, the columns wanted, and the first version to read. Out: micro-batches
+//! of rows (the wanted columns of every added file, in commit order, then file order) with the
+//! highest version they complete. Only files added with `dataChange = true` count: compaction's
+//! rewrites (`dataChange = false`) are skipped, so no row comes twice. The log is read one entry
+//! at a time (no table state is loaded), so a poll costs the same on any table size.
+//!
+//! Failures that must not pass silently: a log entry removed by log clean-up before it was read,
+//! and a data file of an unread commit that is gone (vacuumed), are errors naming the version
+//! and the file.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use deltalake::kernel::Action;
+use deltalake::logstore::object_store::ObjectStoreExt;
+use deltalake::logstore::{LogStore, LogStoreRef, get_actions};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, Path, ensure_table_uri};
+
+use super::read::{DataFile, read_projected};
+use super::{DeltaError, data_files};
+
+/// One micro-batch of a tail.
+#[derive(Debug)]
+pub struct TailBatch {
+    /// The wanted columns of the rows of the files read, in commit order.
+    pub batches: Vec<RecordBatch>,
+    pub files: usize,
+    pub rows: usize,
+    /// Every file of every commit up to this version is in this or an earlier batch (None:
+    /// still inside the first commit read).
+    pub complete_through: Option<u64>,
+}
+
+/// The table read as a stream of added files.
+pub struct TableTail {
+    location: String,
+    storage_options: HashMap<String, String>,
+    log_store: Option<LogStoreRef>,
+    out_schema: SchemaRef,
+    partition_columns: Vec<String>,
+    /// The next version whose log entry is read.
+    next: u64,
+    /// Files of read commits not handed out yet, with their version.
+    pending: VecDeque<(u64, DataFile)>,
+    max_files: usize,
+}
+
+fn read_err(location: &str, source: DeltaTableError) -> DeltaError {
+    DeltaError::Read { location: location.to_string(), source: Box::new(source) }
+}
+
+impl TableTail {
+    /// A tail of the table at `location` that reads the commits from version `next` on,
+    /// `columns` of their rows (a column the table lacks comes back all null, typed as
+    /// `types` says), at most `max_files` files per batch.
+    pub fn new(
+        location: &str,
+        storage_options: &BTreeMap<String, String>,
+        columns: &[(&str, DataType)],
+        next: u64,
+        max_files: usize,
+    ) -> TableTail {
+        let fields: Vec<Field> = columns.iter().map(|(n, t)| Field::new(*n, t.clone(), true)).collect();
+        TableTail {
+            location: location.to_string(),
+            storage_options: storage_options.clone().into_iter().collect(),
+            log_store: None,
+            out_schema: Arc::new(Schema::new(fields)),
+            partition_columns: Vec::new(),
+            next,
+            pending: VecDeque::new(),
+            max_files: max_files.max(1),
+        }
+    }
+
+    /// The next version to be read from the log.
+    pub fn next_version(&self) -> u64 {
+        self.next
+    }
+
+    /// The table's log, once the table exists (None: not yet).
+    async fn log_store(&mut self) -> Result<Option<LogStoreRef>, DeltaError> {
+        if let Some(store) = &self.log_store {
+            return Ok(Some(store.clone()));
+        }
+        let err = |e| read_err(&self.location, e);
+        let url = ensure_table_uri(&self.location).map_err(err)?;
+        let table = DeltaTableBuilder::from_url(url)
+            .map_err(err)?
+            .with_storage_options(self.storage_options.clone())
+            .build()
+            .map_err(err)?;
+        let store = table.log_store();
+        let exists = store.read_commit_entry(0).await.map_err(err)?.is_some()
+            || last_checkpoint(store.as_ref()).await.map_err(err)?.is_some();
+        if !exists {
+            return Ok(None);
+        }
+        self.log_store = Some(store.clone());
+        Ok(Some(store))
+    }
+
+    /// Loads the table at its newest version (for a start at the newest version, and for
+    /// reading its whole state); None while the table does not exist.
+    pub async fn load_newest(&mut self) -> Result<Option<DeltaTable>, DeltaError> {
+        if self.log_store().await?.is_none() {
+            return Ok(None);
+        }
+        let table =
+            super::open_existing(&self.location, &self.storage_options.clone().into_iter().collect()).await?;
+        Ok(Some(table))
+    }
+
+    /// Reads every row of `table` (loaded at some version V) with the wanted columns, `parallel`
+    /// files at a time, and continues the tail after V. For a start from the earliest version
+    /// when the log's first entries may be gone, and for restoring state up to a version.
+    pub async fn read_state(
+        &mut self,
+        table: &DeltaTable,
+        parallel: usize,
+    ) -> Result<Vec<RecordBatch>, DeltaError> {
+        use futures::{StreamExt, TryStreamExt};
+        let err = |e| read_err(&self.location, e);
+        let version =
+            table.version().ok_or_else(|| err(DeltaTableError::NotATable(self.location.clone())))?;
+        self.partition_columns = table.snapshot().map_err(err)?.metadata().partition_columns().to_vec();
+        let files = data_files(table).map_err(err)?;
+        let store = table.object_store();
+        let (schema, partitions) = (self.out_schema.clone(), self.partition_columns.clone());
+        let per_file: Vec<Vec<RecordBatch>> = futures::stream::iter(files)
+            .map(|file| {
+                let (store, schema, partitions) = (store.clone(), schema.clone(), partitions.clone());
+                async move { read_projected(store, &file, &schema, &partitions).await }
+            })
+            .buffered(parallel.max(1))
+            .try_collect()
+            .await
+            .map_err(err)?;
+        self.next = version + 1;
+        self.pending.clear();
+        Ok(per_file.into_iter().flatten().collect())
+    }
+
+    /// Reads the log entries committed since the last poll and returns the next batch of added
+    /// files' rows; None when there is nothing new (or no table yet).
+    pub async fn poll(&mut self) -> Result<Option<TailBatch>, DeltaError> {
+        let Some(store) = self.log_store().await? else { return Ok(None) };
+        let location = self.location.clone();
+        let err = |e| read_err(&location, e);
+        // Read entries until enough files wait or the log ends.
+        while self.pending.len() < self.max_files {
+            let Some(bytes) = store.read_commit_entry(self.next).await.map_err(err)? else {
+                if let Some(cp) = last_checkpoint(store.as_ref()).await.map_err(err)?
+                    && cp >= self.next
+                {
+                    return Err(err(DeltaTableError::Generic(format!(
+                        "the log entries from version {} on were removed by log clean-up (a checkpoint \
+                         of version {cp} is there) before they were read; start again from a version \
+                         that is still in the log, or from the newest",
+                        self.next
+                    ))));
+                }
+                break;
+            };
+            let version = self.next;
+            for action in get_actions(version, &bytes).map_err(err)? {
+                match action {
+                    Action::Add(add) if add.data_change => {
+                        let path = Path::from_url_path(&add.path).map_err(|e| {
+                            err(DeltaTableError::Generic(format!("bad path {}: {e}", add.path)))
+                        })?;
+                        self.pending.push_back((
+                            version,
+                            DataFile { path, size: add.size, partition_values: add.partition_values },
+                        ));
+                    }
+                    Action::Metadata(m) => self.partition_columns = m.partition_columns().to_vec(),
+                    _ => {}
+                }
+            }
+            self.next += 1;
+        }
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let take = self.pending.len().min(self.max_files);
+        let files: Vec<(u64, DataFile)> = self.pending.drain(..take).collect();
+        let store_root = store.object_store(None);
+        let mut batches = Vec::new();
+        for (version, file) in &files {
+            let read =
+                read_projected(store_root.clone(), file, &self.out_schema, &self.partition_columns).await;
+            match read {
+                Ok(b) => batches.extend(b),
+                Err(DeltaTableError::ObjectStore {
+                    source: deltalake::ObjectStoreError::NotFound { .. },
+                }) => {
+                    return Err(err(DeltaTableError::Generic(format!(
+                        "data file {} added by version {version} is gone (vacuumed before it was read?)",
+                        file.path
+                    ))));
+                }
+                Err(e) => {
+                    // Put the files back: a retry reads them again.
+                    for f in files.into_iter().rev() {
+                        self.pending.push_front(f);
+                    }
+                    return Err(err(e));
+                }
+            }
+        }
+        // Complete through the version before the oldest file still pending, or through the
+        // last version read.
+        let complete_through = match self.pending.front() {
+            Some((v, _)) => v.checked_sub(1),
+            None => self.next.checked_sub(1),
+        };
+        let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        Ok(Some(TailBatch { batches, files: files.len(), rows, complete_through }))
+    }
+}
+
+/// The version of the newest checkpoint `_last_checkpoint` points at.
+async fn last_checkpoint(store: &dyn LogStore) -> Result<Option<u64>, DeltaTableError> {
+    let path = Path::from("_delta_log/_last_checkpoint");
+    match store.object_store(None).get(&path).await {
+        Ok(found) => {
+            let bytes = found.bytes().await?;
+            let pointer: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+            Ok(pointer.and_then(|p| p.get("version")?.as_u64()))
+        }
+        Err(deltalake::ObjectStoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,90 @@
+//! A published model at work: one event in, its probability, predicted label and reasons out.
+//!
+//! The one path both scorers take (`score` on the stream, `train --batch-score` on the
+//! history): the model's fitted features bound to the reading schema, the account history fed
+//! in the table's order, the logistic model on the feature row. Same rows in the same order give
+//! the same probabilities, bit for bit.
+
+use crate::event::Value;
+use crate::features::{Features, History};
+use crate::model::logistic::Reasons;
+use crate::model::{LogisticModel, ModelArtifact};
+use crate::schema::Schema;
+
+/// What the model says about one event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub probability: f64,
+    /// `probability ≥ threshold`.
+    pub label: bool,
+    pub reasons: Reasons,
+}
+
+/// A model bound to the schema events are read with.
+#[derive(Debug, Clone)]
+pub struct Scorer {
+    features: Features,
+    model: LogisticModel,
+    threshold: f64,
+    version: String,
+    row: Vec<f32>,
+}
+
+impl Scorer {
+    /// Binds `artifact` to `schema`: every field its features read must be there with a fitting
+    /// type, and the model must have one coefficient per feature.
+    pub fn new(artifact: &ModelArtifact, schema: &Schema) -> crate::Result<Scorer> {
+        let features = artifact.features.bind(schema)?;
+        let width = features.width();
+        let m = &artifact.model;
+        if [m.coefficients.len(), m.means.len(), m.stds.len(), m.standardized.len()]
+            .iter()
+            .any(|&n| n != width)
+        {
+            return Err(crate::Error::config(
+                "model.coefficients",
+                m.coefficients.len(),
+                format!("{width} coefficients, means, stds (one per feature)"),
+            ));
+        }
+        Ok(Scorer {
+            features,
+            model: m.clone(),
+            threshold: artifact.threshold,
+            version: artifact.version.clone(),
+            row: vec![0.0; width],
+        })
+    }
+
+    /// The model's version id.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The feature names, for [`Reasons`].
+    pub fn names(&self) -> &[String] {
+        self.features.names()
+    }
+
+    /// Scores one event (schema-ordered values), then adds it to the account's history.
+    pub fn score(&mut self, values: &[Value<'_>], history: &mut History) -> Scored {
+        self.features.row(values, history, &mut self.row);
+        let probability = self.model.probability(&self.row);
+        Scored {
+            probability,
+            label: probability >= self.threshold,
+            reasons: self.model.top_reasons(&self.row),
+        }
+    }
+
+    /// Adds an event to the history without scoring it (an event before the range scored).
+    pub fn observe(&mut self, values: &[Value<'_>], history: &mut History) {
+        self.features.row(values, history, &mut self.row);
+    }
+
+    /// The names of a score's reasons, largest push first.
+    pub fn reason_names<'s>(&'s self, reasons: &Reasons, out: &mut Vec<&'s str>) {
+        out.clear();
+        out.extend(reasons.indices().map(|j| self.features.names()[j].as_str()));
+    }
+}

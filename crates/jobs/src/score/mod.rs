@@ -1,0 +1,637 @@
+//! `txpipe score` (Job 2): the clean Delta table read as a stream → features → the current
+//! model (picked up again whenever `train` publishes one) → ClickHouse `transactions_realtime`.
+//!
+//! In: the clean table's commits, the model directory, the schema. Out: one prediction row per
+//! transaction with its probability, label, top three reasons and model version, and a
+//! [`ScoreReport`].
+//!
+//! Where it resumes is kept in ClickHouse itself (`txpipe_score_progress`): the highest Delta
+//! version whose rows are all in `transactions_realtime`, written only after the insert of
+//! those rows was acknowledged. A crash between the two inserts replays rows that are already
+//! there; the table is a ReplacingMergeTree keyed by transaction id and the serving view groups
+//! by it, so a replay never shows twice. Keeping the position next to the rows (rather than in a
+//! local file) lets a score process move to another machine and keeps the two from drifting
+//! apart when ClickHouse is restored from a backup.
+//!
+//! Account history: the features of an event depend on the account's earlier events, so at
+//! start the rows up to the resume point are read from the table (in table order: Kafka
+//! partition, then offset) and fed into the history without being scored; memory grows with
+//! accounts (about 100 bytes each plus 8 per event in the count window). Repeated transaction
+//! ids: `train` keeps the first copy in table order; `score` remembers the last
+//! [`RECENT_IDS`] ids it saw (as 64-bit hashes, about 24 MB) and drops a repeat among them, so a
+//! repeat further apart than that is scored again (its row replaces the first in ClickHouse).
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use txpipe_connectors::clickhouse::{
+    ClickHouseConfig, ClickHouseError, Prediction, PredictionRows, Serving, ServingColumn, Target,
+};
+use txpipe_connectors::delta::arrow::array::RecordBatch;
+use txpipe_connectors::delta::arrow::datatypes::{DataType, TimeUnit};
+use txpipe_connectors::delta::{TableTail, TablesConfig};
+use txpipe_connectors::retry::Backoff;
+use txpipe_core::Error as ConfigError;
+use txpipe_core::event::Value;
+use txpipe_core::features::History;
+use txpipe_core::model::{ModelArtifact, Scorer};
+use txpipe_core::schema::{FieldType, Schema};
+use txpipe_core::units::parse_duration_us;
+
+use crate::models::ModelStore;
+use crate::train::rows::Rows;
+use crate::{JobError, Result, Shutdown};
+
+/// Transaction ids remembered for dropping repeats.
+pub const RECENT_IDS: usize = 1 << 20;
+
+/// `[score]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoreConfig {
+    /// Where a score with no recorded progress starts: `earliest` (score the whole table),
+    /// `latest` (only commits from now on) or a Delta version number (commits from it on).
+    pub start: String,
+    /// How often the table's log is polled for new commits.
+    pub poll_interval: String,
+    /// Data files read per micro-batch at most.
+    pub max_files: usize,
+    /// The longest a scored row waits for its insert (rows go sooner once
+    /// `clickhouse.insert_rows` are waiting).
+    pub flush_latency: String,
+    /// How often the model directory is checked for a new model.
+    pub model_poll_interval: String,
+    /// Files read at once when restoring the history at start.
+    pub read_parallelism: usize,
+    /// Stop after this many seconds without new commits (absent: run until stopped).
+    pub exit_when_idle: Option<f64>,
+    /// Log the counters at this interval.
+    pub stats_interval: String,
+}
+
+impl Default for ScoreConfig {
+    fn default() -> Self {
+        ScoreConfig {
+            start: "earliest".into(),
+            poll_interval: "50ms".into(),
+            max_files: 64,
+            flush_latency: "100ms".into(),
+            model_poll_interval: "1s".into(),
+            read_parallelism: 4,
+            exit_when_idle: None,
+            stats_interval: "10s".into(),
+        }
+    }
+}
+
+/// Where a score with no recorded progress starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Start {
+    Earliest,
+    Latest,
+    Version(u64),
+}
+
+/// Validated score settings.
+#[derive(Debug, Clone)]
+pub struct ScoreSettings {
+    pub start: Start,
+    pub poll: Duration,
+    pub max_files: usize,
+    pub flush: Duration,
+    pub model_poll: Duration,
+    pub read_parallelism: usize,
+    pub exit_when_idle: Option<Duration>,
+    pub stats: Duration,
+}
+
+fn duration(key: &str, text: &str) -> std::result::Result<Duration, ConfigError> {
+    parse_duration_us(text)
+        .filter(|&us| us > 0)
+        .map(|us| Duration::from_micros(us as u64))
+        .ok_or_else(|| ConfigError::config(key, text, "a positive duration such as 50ms, 1s or 2m"))
+}
+
+impl ScoreConfig {
+    pub fn validate(&self) -> std::result::Result<ScoreSettings, ConfigError> {
+        let start = match self.start.trim() {
+            "earliest" => Start::Earliest,
+            "latest" => Start::Latest,
+            v => Start::Version(v.parse().map_err(|_| {
+                ConfigError::config("score.start", &self.start, "earliest, latest or a Delta version number")
+            })?),
+        };
+        if self.max_files == 0 {
+            return Err(ConfigError::config("score.max_files", 0, "at least 1"));
+        }
+        if self.read_parallelism == 0 {
+            return Err(ConfigError::config("score.read_parallelism", 0, "at least 1"));
+        }
+        let exit_when_idle = match self.exit_when_idle {
+            None => None,
+            Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+            Some(s) => {
+                return Err(ConfigError::config("score.exit_when_idle", s, "a positive number of seconds"));
+            }
+        };
+        Ok(ScoreSettings {
+            start,
+            poll: duration("score.poll_interval", &self.poll_interval)?,
+            max_files: self.max_files,
+            flush: duration("score.flush_latency", &self.flush_latency)?,
+            model_poll: duration("score.model_poll_interval", &self.model_poll_interval)?,
+            read_parallelism: self.read_parallelism,
+            exit_when_idle,
+            stats: duration("score.stats_interval", &self.stats_interval)?,
+        })
+    }
+}
+
+/// Everything a score run needs.
+#[derive(Debug, Clone)]
+pub struct ScoreJob {
+    pub settings: ScoreSettings,
+    pub tables: TablesConfig,
+    pub schema: Schema,
+    pub model_dir: String,
+    pub clickhouse: ClickHouseConfig,
+    /// How long ClickHouse may stay away before the run gives up (attempts 0: never).
+    pub backoff: Backoff,
+}
+
+/// What a score run did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ScoreReport {
+    /// Rows read from the table up to the resume point into the account history.
+    pub restored: u64,
+    pub scored: u64,
+    /// Repeated transaction ids dropped.
+    pub repeats: u64,
+    pub written: u64,
+    pub inserts: u64,
+    /// The highest Delta version whose rows are all in ClickHouse.
+    pub complete_through: Option<u64>,
+    /// The model versions used, in order.
+    pub models: Vec<String>,
+    pub elapsed_s: f64,
+}
+
+/// The Arrow type the tail reads a field as.
+fn arrow_type(kind: FieldType) -> DataType {
+    match kind {
+        FieldType::String => DataType::Utf8,
+        FieldType::Double => DataType::Float64,
+        FieldType::Long => DataType::Int64,
+        FieldType::Boolean => DataType::Boolean,
+        FieldType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+    }
+}
+
+/// The last [`RECENT_IDS`] transaction ids seen, as hashes.
+struct RecentIds {
+    order: VecDeque<u64>,
+    set: HashSet<u64>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl RecentIds {
+    fn new() -> RecentIds {
+        RecentIds { order: VecDeque::new(), set: HashSet::new(), hasher: Default::default() }
+    }
+
+    /// Whether `id` is new (then it is remembered).
+    fn first(&mut self, id: &str) -> bool {
+        let mut h = self.hasher.build_hasher();
+        h.write(id.as_bytes());
+        let h = h.finish();
+        if !self.set.insert(h) {
+            return false;
+        }
+        self.order.push_back(h);
+        if self.order.len() > RECENT_IDS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+/// The model in use, and how to notice a new one.
+struct Current {
+    store: ModelStore,
+    id: Option<String>,
+    scorer: Option<Scorer>,
+    /// The id of a model refused (broken, or not fitting the schema), not to be tried again.
+    refused: Option<String>,
+    checked: Option<Instant>,
+}
+
+impl Current {
+    /// Looks at the pointer (at most every `every`); loads a new model. Returns true when the
+    /// model changed.
+    fn check(&mut self, schema: &Schema, every: Duration, report: &mut ScoreReport) -> bool {
+        if self.checked.is_some_and(|t| t.elapsed() < every) {
+            return false;
+        }
+        self.checked = Some(Instant::now());
+        let id = match self.store.current_id() {
+            Ok(Some(id)) => id,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the model pointer failed; keeping the current model");
+                return false;
+            }
+        };
+        if self.id.as_deref() == Some(id.as_str()) || self.refused.as_deref() == Some(id.as_str()) {
+            return false;
+        }
+        let loaded: Result<(ModelArtifact, Scorer)> = self.store.load(&id).and_then(|artifact| {
+            let scorer = Scorer::new(&artifact, schema)?;
+            Ok((artifact, scorer))
+        });
+        match loaded {
+            Ok((artifact, scorer)) => {
+                tracing::info!(model = %id, holdout_auc = artifact.metrics.holdout.auc_roc, previous = ?self.id, "scoring with model");
+                self.id = Some(id.clone());
+                self.scorer = Some(scorer);
+                report.models.push(id);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(model = %id, error = %e, current = ?self.id, "refusing this model; keeping the current one");
+                self.refused = Some(id);
+                false
+            }
+        }
+    }
+}
+
+/// Scored rows waiting for their insert, and the version they complete.
+struct Pending {
+    rows: PredictionRows,
+    complete_through: Option<u64>,
+    since: Option<Instant>,
+}
+
+/// Runs score until `shutdown` (or idle, with `exit_when_idle`).
+pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
+    let started = Instant::now();
+    let mut report = ScoreReport::default();
+    let settings = &job.settings;
+    let location = job.tables.clean.clone();
+    let columns = Serving::columns_for(&job.schema, job.clickhouse.fields.as_deref())?;
+    let serving = Serving::new(&job.clickhouse, columns);
+    let retryable = ClickHouseError::retryable;
+    job.backoff.retry("creating the serving tables", retryable, || serving.ensure()).await?;
+
+    // A model first: rows are not read before there is one to score them with.
+    let mut current = Current {
+        store: ModelStore::new(&job.model_dir),
+        id: None,
+        scorer: None,
+        refused: None,
+        checked: None,
+    };
+    let mut said = None::<Instant>;
+    while !current.check(&job.schema, Duration::ZERO, &mut report) {
+        if shutdown.is_triggered() {
+            return Ok(report);
+        }
+        if said.is_none_or(|t| t.elapsed() >= settings.stats) {
+            tracing::info!(model_dir = %job.model_dir, "no model published yet; waiting (rows are scored once one is)");
+            said = Some(Instant::now());
+        }
+        current.checked = None;
+        sleep_or_shutdown(settings.model_poll, &shutdown).await;
+    }
+
+    let mut wanted: Vec<(&str, DataType)> =
+        job.schema.fields().iter().map(|f| (f.name.as_str(), arrow_type(f.kind))).collect();
+    wanted.push(("kafka_partition", DataType::Int32));
+    wanted.push(("kafka_offset", DataType::Int64));
+    let mut tail = TableTail::new(&location, &job.tables.storage_options, &wanted, 0, settings.max_files);
+
+    // Where to resume, and the history up to there.
+    let resume =
+        job.backoff.retry("reading score progress", retryable, || serving.progress(&location)).await?;
+    let mut said = None::<Instant>;
+    let table = loop {
+        if let Some(t) = tail.load_newest().await? {
+            break t;
+        }
+        if shutdown.is_triggered() {
+            return Ok(report);
+        }
+        if said.is_none_or(|t| t.elapsed() >= settings.stats) {
+            tracing::info!(%location, "the clean table does not exist yet; waiting");
+            said = Some(Instant::now());
+        }
+        sleep_or_shutdown(settings.poll, &shutdown).await;
+    };
+    let newest = table.version().unwrap_or(0);
+    // (version whose state is read, whether its rows are scored)
+    let (base, score_base) = match (resume, settings.start) {
+        (Some(v), _) => (Some(v.min(newest)), false),
+        (None, Start::Earliest) => (Some(newest), true),
+        (None, Start::Latest) => (Some(newest), false),
+        (None, Start::Version(0)) => (None, false),
+        (None, Start::Version(n)) => (Some((n - 1).min(newest)), false),
+    };
+    let mut history = History::new();
+    let mut recent = RecentIds::new();
+    let mut pending =
+        Pending { rows: PredictionRows::new(Target::Realtime), complete_through: None, since: None };
+    let copied = copied_fields(&job.schema, serving.columns())?;
+    if let Some(base) = base {
+        let mut table = table;
+        if table.version() != Some(base) {
+            table
+                .load_version(base)
+                .await
+                .map_err(|e| JobError::Internal(format!("loading version {base}: {e}")))?;
+        }
+        let batches = tail.read_state(&table, settings.read_parallelism).await?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        tracing::info!(version = base, rows, scoring = score_base, "read the table up to the resume point");
+        if score_base {
+            // Scored on a blocking thread, inserted here as chunks fill (two in flight at most).
+            let ctx = Ctx {
+                schema: job.schema.clone(),
+                copied: copied.clone(),
+                columns: serving.columns().to_vec(),
+            };
+            let mut scorer = current.scorer.take().expect("a model is loaded");
+            let chunk_rows = job.clickhouse.insert_rows;
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<PredictionRows>(2);
+            let work = tokio::task::spawn_blocking(move || {
+                let (mut history, mut recent, mut counts) =
+                    (History::new(), RecentIds::new(), ScoreReport::default());
+                let mut out = PredictionRows::new(Target::Realtime);
+                let scored = score_rows(
+                    &ctx,
+                    &mut scorer,
+                    &batches,
+                    &mut history,
+                    &mut recent,
+                    &mut out,
+                    &mut counts,
+                    |rows| {
+                        if rows.len() >= chunk_rows {
+                            let _ = tx.blocking_send(std::mem::replace(
+                                rows,
+                                PredictionRows::new(Target::Realtime),
+                            ));
+                        }
+                    },
+                );
+                let _ = tx.blocking_send(out);
+                scored.map(|()| (scorer, history, recent, counts))
+            });
+            while let Some(chunk) = rx.recv().await {
+                insert(&serving, &job.backoff, &chunk, &mut report).await?;
+            }
+            let (scorer, h, r, counts) =
+                work.await.map_err(|e| JobError::Internal(format!("the scoring task: {e}")))??;
+            (current.scorer, history, recent) = (Some(scorer), h, r);
+            report.scored += counts.scored;
+            report.repeats += counts.repeats;
+            job.backoff
+                .retry("recording progress", retryable, || serving.record_progress(&location, base))
+                .await?;
+            report.complete_through = Some(base);
+        } else {
+            let ctx = Ctx {
+                schema: job.schema.clone(),
+                copied: copied.clone(),
+                columns: serving.columns().to_vec(),
+            };
+            let scorer = current.scorer.as_mut().expect("a model is loaded");
+            report.restored = tokio::task::block_in_place(|| {
+                observe_rows(&ctx, scorer, &batches, &mut history, &mut recent)
+            })?;
+            report.complete_through = resume;
+        }
+    } else {
+        tail = TableTail::new(&location, &job.tables.storage_options, &wanted, 0, settings.max_files);
+    }
+
+    // The stream.
+    let stream_ctx =
+        Ctx { schema: job.schema.clone(), copied: copied.clone(), columns: serving.columns().to_vec() };
+    let mut last_input = Instant::now();
+    let mut stats_at = Instant::now();
+    loop {
+        if shutdown.is_triggered() {
+            break;
+        }
+        if current.check(&job.schema, settings.model_poll, &mut report) {
+            metrics::gauge!("txpipe_score_model_changes").increment(1.0);
+        }
+        let batch = tail.poll().await?;
+        let got = batch.is_some();
+        if let Some(b) = batch {
+            last_input = Instant::now();
+            let scorer = current.scorer.as_mut().expect("a model is loaded");
+            pending.since.get_or_insert_with(Instant::now);
+            score_rows(
+                &stream_ctx,
+                scorer,
+                &b.batches,
+                &mut history,
+                &mut recent,
+                &mut pending.rows,
+                &mut report,
+                |_| {},
+            )?;
+            if b.complete_through.is_some() {
+                pending.complete_through = b.complete_through;
+            }
+        }
+        let due = pending.since.is_some_and(|t| t.elapsed() >= settings.flush)
+            || pending.rows.len() >= job.clickhouse.insert_rows;
+        if due {
+            flush(&serving, &job.backoff, &location, &mut pending, &mut report).await?;
+        }
+        if stats_at.elapsed() >= settings.stats {
+            stats_at = Instant::now();
+            tracing::info!(
+                scored = report.scored,
+                written = report.written,
+                inserts = report.inserts,
+                complete_through = ?report.complete_through,
+                next_version = tail.next_version(),
+                model = ?current.id,
+                "score"
+            );
+        }
+        if let Some(idle) = settings.exit_when_idle
+            && last_input.elapsed() >= idle
+            && pending.rows.is_empty()
+        {
+            tracing::info!(idle_s = idle.as_secs_f64(), "no new commits; stopping");
+            break;
+        }
+        if !got {
+            sleep_or_shutdown(settings.poll, &shutdown).await;
+        }
+    }
+    flush(&serving, &job.backoff, &location, &mut pending, &mut report).await?;
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn sleep_or_shutdown(wait: Duration, shutdown: &Shutdown) {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = shutdown.wait() => {}
+    }
+}
+
+async fn insert(
+    serving: &Serving,
+    backoff: &Backoff,
+    rows: &PredictionRows,
+    report: &mut ScoreReport,
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    backoff.retry("inserting predictions", ClickHouseError::retryable, || serving.insert(rows)).await?;
+    metrics::histogram!("txpipe_score_insert_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("txpipe_score_rows_written_total").increment(rows.len() as u64);
+    report.written += rows.len() as u64;
+    report.inserts += 1;
+    Ok(())
+}
+
+/// Inserts what is pending, then records the version it completes.
+async fn flush(
+    serving: &Serving,
+    backoff: &Backoff,
+    location: &str,
+    pending: &mut Pending,
+    report: &mut ScoreReport,
+) -> Result<()> {
+    insert(serving, backoff, &pending.rows, report).await?;
+    pending.rows.clear();
+    pending.since = None;
+    if let Some(v) = pending.complete_through.take()
+        && report.complete_through != Some(v)
+    {
+        backoff
+            .retry("recording progress", ClickHouseError::retryable, || serving.record_progress(location, v))
+            .await?;
+        report.complete_through = Some(v);
+        metrics::gauge!("txpipe_score_complete_through_version").set(v as f64);
+    }
+    Ok(())
+}
+
+/// Positions in the schema of the serving tables' copied fields.
+fn copied_fields(schema: &Schema, columns: &[ServingColumn]) -> Result<Vec<usize>> {
+    columns
+        .iter()
+        .map(|c| {
+            schema
+                .fields()
+                .iter()
+                .position(|f| f.name == c.name)
+                .ok_or_else(|| JobError::Internal(format!("serving column {} is not in the schema", c.name)))
+        })
+        .collect()
+}
+
+/// What scoring a row needs besides the model: the schema, and the copied fields.
+struct Ctx {
+    schema: Schema,
+    copied: Vec<usize>,
+    columns: Vec<ServingColumn>,
+}
+
+/// Feeds rows into the history without scoring them; returns how many.
+fn observe_rows(
+    ctx: &Ctx,
+    scorer: &mut Scorer,
+    batches: &[RecordBatch],
+    history: &mut History,
+    recent: &mut RecentIds,
+) -> Result<u64> {
+    let rows = Rows::new(&ctx.schema, batches, None)?;
+    let id = ctx.schema.id_index();
+    let mut values = Vec::with_capacity(ctx.schema.fields().len());
+    let mut n = 0;
+    for &r in &rows.order {
+        rows.values_into(r, &mut values);
+        if !recent.first(values[id].as_str().unwrap_or_default()) {
+            continue;
+        }
+        scorer.observe(&values, history);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Scores rows (in table order, repeats dropped) into `out`; `after_row` may take full chunks.
+#[allow(clippy::too_many_arguments)]
+fn score_rows(
+    ctx: &Ctx,
+    scorer: &mut Scorer,
+    batches: &[RecordBatch],
+    history: &mut History,
+    recent: &mut RecentIds,
+    out: &mut PredictionRows,
+    report: &mut ScoreReport,
+    mut after_row: impl FnMut(&mut PredictionRows),
+) -> Result<()> {
+    let rows = Rows::new(&ctx.schema, batches, None)?;
+    let id = ctx.schema.id_index();
+    let time = ctx.schema.time_index();
+    let names: Vec<String> = scorer.names().to_vec();
+    let version = scorer.version().to_string();
+    let scored_at = chrono::Utc::now().timestamp().clamp(0, u32::MAX as i64) as u32;
+    let mut values: Vec<Value<'_>> = Vec::with_capacity(ctx.schema.fields().len());
+    let mut fields: Vec<Value<'_>> = Vec::with_capacity(ctx.copied.len());
+    let mut scored = 0u64;
+    for &r in &rows.order {
+        rows.values_into(r, &mut values);
+        let tid = values[id].as_str().unwrap_or_default();
+        if !recent.first(tid) {
+            report.repeats += 1;
+            continue;
+        }
+        let s = scorer.score(&values, history);
+        let mut reasons = [""; 3];
+        for (slot, j) in reasons.iter_mut().zip(s.reasons.indices()) {
+            *slot = names[j].as_str();
+        }
+        fields.clear();
+        fields.extend(ctx.copied.iter().map(|&i| values[i].clone()));
+        let event_time_us = match values[time] {
+            Value::Timestamp(us) => us,
+            _ => rows.time_of(r),
+        };
+        out.push(
+            &ctx.columns,
+            &Prediction {
+                transaction_id: tid,
+                event_time_us,
+                fields: &fields,
+                probability: s.probability,
+                label: s.label,
+                reasons: &reasons[..s.reasons.len()],
+                model_version: &version,
+                scored_at,
+                batch_run_id: None,
+            },
+        );
+        scored += 1;
+        after_row(out);
+    }
+    report.scored += scored;
+    metrics::counter!("txpipe_score_rows_scored_total").increment(scored);
+    Ok(())
+}
