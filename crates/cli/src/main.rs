@@ -17,6 +17,7 @@ use txpipe_jobs::Shutdown;
 use txpipe_jobs::ingest::{self, IngestJob};
 use txpipe_jobs::optimize;
 use txpipe_jobs::produce::{self, ProduceJob};
+use txpipe_jobs::score::{self, ScoreJob};
 use txpipe_jobs::train::{self, TrainJob};
 
 /// A failure before any work started: a flag, a setting or the config file.
@@ -245,7 +246,44 @@ fn run(cli: Cli) -> Result<()> {
                 }
             })
         }
-        Command::Score(_) => not_built("score"),
+        Command::Score(a) => {
+            config.apply_score(&a);
+            let schema = config.validate_common().map_err(usage)?;
+            let settings = config.score.validate().map_err(explain).map_err(usage)?;
+            txpipe_connectors::clickhouse::Serving::columns_for(&schema, config.clickhouse.fields.as_deref())
+                .map_err(|e| usage(e.into()))?;
+            init_logging(&config)?;
+            let job = ScoreJob {
+                settings,
+                tables: config.tables.clone(),
+                schema,
+                model_dir: config.models.dir.clone(),
+                clickhouse: config.clickhouse.clone(),
+                backoff: txpipe_connectors::retry::Backoff {
+                    attempts: 0,
+                    ..txpipe_connectors::retry::Backoff::default()
+                },
+            };
+            let r = runtime()?.block_on(async {
+                let shutdown = Shutdown::new();
+                shutdown.on_signals();
+                score::run(job, shutdown).await
+            })?;
+            eprintln!(
+                "scored {} rows ({} repeats dropped, {} restored into the history) into {}.{} in {} inserts ({:.1} s); \
+                 complete through Delta version {}; models {}",
+                r.scored,
+                r.repeats,
+                r.restored,
+                config.clickhouse.database,
+                txpipe_connectors::clickhouse::REALTIME,
+                r.inserts,
+                r.elapsed_s,
+                r.complete_through.map_or("none".to_string(), |v| v.to_string()),
+                if r.models.is_empty() { "none".to_string() } else { r.models.join(", ") }
+            );
+            Ok(())
+        }
     }
 }
 
@@ -304,10 +342,6 @@ fn time_flag(flag: &str, value: &str) -> Result<i64> {
     parsed.map_err(|_| {
         anyhow::anyhow!("invalid {flag} {value:?}: expected an RFC 3339 time (2026-11-30T08:00:00Z) or a date (2026-11-30)")
     })
-}
-
-fn not_built(job: &str) -> Result<()> {
-    anyhow::bail!("`txpipe {job}` is not built yet; available now: produce, ingest, optimize, train, config")
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

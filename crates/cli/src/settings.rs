@@ -13,9 +13,10 @@ use txpipe_core::schema::{Schema, SchemaConfig};
 use txpipe_jobs::ingest::IngestConfig;
 use txpipe_jobs::optimize::OptimizeConfig;
 use txpipe_jobs::produce::ProduceConfig;
+use txpipe_jobs::score::ScoreConfig;
 use txpipe_jobs::train::TrainConfig;
 
-use crate::args::{CommonArgs, IngestArgs, OptimizeArgs, ProduceArgs, TrainArgs};
+use crate::args::{CommonArgs, IngestArgs, OptimizeArgs, ProduceArgs, ScoreArgs, TrainArgs};
 
 /// `[models]`: where trained models are published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +61,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub optimize: OptimizeConfig,
     pub train: TrainConfig,
+    pub score: ScoreConfig,
     pub features: FeatureConfig,
     pub schema: SchemaConfig,
 }
@@ -193,6 +195,16 @@ impl Config {
             self.train.version = a.delta_version;
         }
         self.train.force |= a.force;
+    }
+
+    /// Puts the score flags (and environment) over the file.
+    pub fn apply_score(&mut self, a: &ScoreArgs) {
+        set(&mut self.tables.clean, &a.table);
+        set(&mut self.models.dir, &a.model_dir);
+        set(&mut self.score.start, &a.start);
+        if a.exit_when_idle.is_some() {
+            self.score.exit_when_idle = a.exit_when_idle;
+        }
     }
 
     /// Validates the sections every command uses.

@@ -3,16 +3,17 @@
 //! every refusal with its message, and batch scores in the real ClickHouse of
 //! `scripts/services`.
 
-use std::collections::{BTreeMap, HashMap};
+mod common;
+
+use std::collections::HashMap;
 use std::time::Duration;
 
-use txpipe_connectors::clickhouse::{ClickHouseConfig, Serving};
+use txpipe_connectors::clickhouse::ClickHouseConfig;
 use txpipe_connectors::retry::Backoff;
 
-use txpipe_connectors::delta::{CleanRows, EVENT_DATE, Table, TablesConfig, clean_schema};
-use txpipe_core::event::EventParser;
+use txpipe_connectors::delta::TablesConfig;
 use txpipe_core::features::FeatureConfig;
-use txpipe_core::generator::{Generator, GeneratorConfig};
+use txpipe_core::generator::GeneratorConfig;
 use txpipe_core::model::metrics;
 use txpipe_core::schema::Schema;
 use txpipe_jobs::JobError;
@@ -20,42 +21,10 @@ use txpipe_jobs::models::ModelStore;
 use txpipe_jobs::train::batch::BatchScore;
 use txpipe_jobs::train::{self, TrainConfig, TrainJob};
 
-/// Writes `count` generated events into a clean table at `dir/clean` in commits of 10,000, as
-/// ingest would (partition 0, offsets in order); returns each id's true probability and label.
+/// Writes `count` generated events into a clean table at `dir/clean` (see
+/// [`common::write_history`]).
 async fn history(dir: &std::path::Path, config: GeneratorConfig) -> HashMap<String, (f64, bool)> {
-    let schema = Schema::default_schema();
-    let parser = EventParser::new(schema.clone());
-    let location = dir.join("clean").display().to_string();
-    let mut table = Table::open_or_create(
-        &location,
-        &BTreeMap::new(),
-        clean_schema(&schema),
-        Some(EVENT_DATE),
-        "test",
-        100,
-    )
-    .await
-    .unwrap();
-    let mut generator = Generator::new(&schema, config.clone()).unwrap();
-    let (mut payload, mut key) = (Vec::new(), Vec::new());
-    let mut truth = HashMap::new();
-    let mut offset = 0i64;
-    while offset < config.count as i64 {
-        let mut rows = CleanRows::new(&schema);
-        let end = (offset + 10_000).min(config.count as i64);
-        while offset < end {
-            let t = generator.next_into(&mut payload, &mut key);
-            let mut values = Vec::new();
-            if parser.parse(&payload, &mut values).is_ok() {
-                rows.push(&values, 0, offset);
-                truth.insert(t.transaction_id.clone(), (t.fraud_probability, t.is_fraud));
-            }
-            offset += 1;
-        }
-        let batch = rows.finish(0).unwrap();
-        table.append(&[batch], &BTreeMap::from([(0, offset - 1)]), serde_json::Map::new()).await.unwrap();
-    }
-    truth
+    common::write_history(dir, &config, 0, 10_000).await
 }
 
 fn generated(count: u64, fraud_rate: f64, labels: bool) -> GeneratorConfig {
@@ -196,27 +165,11 @@ fn bad_settings_name_their_key() {
     assert!(TrainConfig { threshold: "precision:0.9".into(), ..TrainConfig::default() }.validate().is_ok());
 }
 
-/// ClickHouse settings for a database no other test uses (on the server of `scripts/services`).
-fn fresh_clickhouse(name: &str) -> ClickHouseConfig {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    ClickHouseConfig {
-        url: std::env::var("TXPIPE_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into()),
-        database: format!("test_{name}_{}_{n}", std::process::id()),
-        ..ClickHouseConfig::default()
-    }
-}
-
-async fn query(config: &ClickHouseConfig, sql: &str) -> String {
-    let serving = Serving::new(config, Vec::new());
-    serving.fetch_text(sql).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_scores_land_once_per_transaction_in_the_serving_view_also_when_run_twice() {
     let dir = tempfile::tempdir().unwrap();
     history(dir.path(), generated(20_000, 0.05, true)).await;
-    let clickhouse = fresh_clickhouse("batch");
+    let clickhouse = common::fresh_clickhouse("batch");
     let batch = BatchScore::new(clickhouse.clone());
     let with_batch = || TrainJob { batch: Some(batch.clone()), ..job(dir.path(), TrainConfig::default()) };
     let first = train::run(with_batch()).await.unwrap();
@@ -224,9 +177,9 @@ async fn batch_scores_land_once_per_transaction_in_the_serving_view_also_when_ru
     assert_eq!((b.rows, b.model_version.as_str()), (20_000, "000001"), "{b:?}");
     let db = &clickhouse.database;
     let count = |table: &str| format!("SELECT count(), uniqExact(transaction_id) FROM {db}.{table}");
-    assert_eq!(query(&clickhouse, &count("transactions_batch")).await, "20000\t20000");
+    assert_eq!(common::query(&clickhouse, &count("transactions_batch")).await, "20000\t20000");
     // Every row carries its model, run, a probability and reasons named after features.
-    let summary = query(
+    let summary = common::query(
         &clickhouse,
         &format!(
             "SELECT uniqExact(model_version), uniqExact(batch_run_id), min(fraud_probability) >= 0, \
@@ -237,13 +190,16 @@ async fn batch_scores_land_once_per_transaction_in_the_serving_view_also_when_ru
     .await;
     assert_eq!(summary, "1\t1\t1\t1\t20000\t000001");
     let model = ModelStore::new(dir.path().join("models")).current().unwrap().unwrap();
-    let reasons =
-        query(&clickhouse, &format!("SELECT DISTINCT arrayJoin(reasons) FROM {db}.transactions_batch")).await;
+    let reasons = common::query(
+        &clickhouse,
+        &format!("SELECT DISTINCT arrayJoin(reasons) FROM {db}.transactions_batch"),
+    )
+    .await;
     for r in reasons.lines() {
         assert!(model.features.names.iter().any(|n| n == r), "reason {r:?} is not a feature name");
     }
     // The fraudulent rows score higher than the others, on average.
-    let by_label = query(
+    let by_label = common::query(
         &clickhouse,
         &format!("SELECT avgIf(fraud_probability, predicted_label = 1) > avgIf(fraud_probability, predicted_label = 0) FROM {db}.transactions_batch"),
     )
@@ -255,8 +211,8 @@ async fn batch_scores_land_once_per_transaction_in_the_serving_view_also_when_ru
     let second = train::run(with_batch()).await.unwrap();
     let run2 = second.batch.unwrap().run_id;
     assert_eq!(second.published.as_deref(), Some("000002"));
-    assert_eq!(query(&clickhouse, &count("transactions_serving")).await, "20000\t20000");
-    let runs = query(
+    assert_eq!(common::query(&clickhouse, &count("transactions_serving")).await, "20000\t20000");
+    let runs = common::query(
         &clickhouse,
         &format!(
             "SELECT uniqExact(batch_run_id), any(batch_run_id), any(source) FROM {db}.transactions_serving"
@@ -264,7 +220,7 @@ async fn batch_scores_land_once_per_transaction_in_the_serving_view_also_when_ru
     )
     .await;
     assert_eq!(runs, format!("1\t{run2}\tbatch"));
-    query(&clickhouse, &format!("DROP DATABASE {db}")).await;
+    common::query(&clickhouse, &format!("DROP DATABASE {db}")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

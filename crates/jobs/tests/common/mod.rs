@@ -159,3 +159,72 @@ pub async fn assert_every_position_once(kafka: &KafkaConfig, partitions: i32, di
         want.len()
     );
 }
+
+/// Writes `config.count` generated events into the clean table at `dir/clean` (created when
+/// missing) as ingest would: partition 0, offsets from `first_offset` on, commits of
+/// `commit_rows`; returns each id's true probability and label.
+pub async fn write_history(
+    dir: &std::path::Path,
+    config: &txpipe_core::generator::GeneratorConfig,
+    first_offset: i64,
+    commit_rows: i64,
+) -> std::collections::HashMap<String, (f64, bool)> {
+    use std::collections::{BTreeMap, HashMap};
+    use txpipe_connectors::delta::{CleanRows, EVENT_DATE, Table, clean_schema};
+    use txpipe_core::event::EventParser;
+    use txpipe_core::generator::Generator;
+    use txpipe_core::schema::Schema;
+
+    let schema = Schema::default_schema();
+    let parser = EventParser::new(schema.clone());
+    let location = dir.join("clean").display().to_string();
+    let mut table = Table::open_or_create(
+        &location,
+        &BTreeMap::new(),
+        clean_schema(&schema),
+        Some(EVENT_DATE),
+        "test",
+        100,
+    )
+    .await
+    .unwrap();
+    let mut generator = Generator::new(&schema, config.clone()).unwrap();
+    let (mut payload, mut key) = (Vec::new(), Vec::new());
+    let mut truth = HashMap::new();
+    let mut offset = first_offset;
+    let end_all = first_offset + config.count as i64;
+    while offset < end_all {
+        let mut rows = CleanRows::new(&schema);
+        let end = (offset + commit_rows).min(end_all);
+        while offset < end {
+            let t = generator.next_into(&mut payload, &mut key);
+            let mut values = Vec::new();
+            if parser.parse(&payload, &mut values).is_ok() {
+                rows.push(&values, 0, offset);
+                truth.insert(t.transaction_id.clone(), (t.fraud_probability, t.is_fraud));
+            }
+            offset += 1;
+        }
+        let batch = rows.finish(0).unwrap();
+        table.append(&[batch], &BTreeMap::from([(0, offset - 1)]), serde_json::Map::new()).await.unwrap();
+    }
+    truth
+}
+
+/// ClickHouse settings for a database no other test uses (on the server of `scripts/services`,
+/// or TXPIPE_TEST_CLICKHOUSE).
+pub fn fresh_clickhouse(name: &str) -> txpipe_connectors::clickhouse::ClickHouseConfig {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    txpipe_connectors::clickhouse::ClickHouseConfig {
+        url: std::env::var("TXPIPE_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into()),
+        database: format!("test_{name}_{}_{n}", std::process::id()),
+        ..Default::default()
+    }
+}
+
+/// The text answer of a query.
+pub async fn query(config: &txpipe_connectors::clickhouse::ClickHouseConfig, sql: &str) -> String {
+    let serving = txpipe_connectors::clickhouse::Serving::new(config, Vec::new());
+    serving.fetch_text(sql).await.unwrap()
+}

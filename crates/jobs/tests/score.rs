@@ -1,0 +1,156 @@
+//! `txpipe score` in process, on real Delta tables in temporary folders and the real
+//! ClickHouse of `scripts/services`: realtime and batch probabilities agree bit for bit over
+//! a start, a restart and streamed commits; a model published mid-stream is picked up.
+
+mod common;
+
+use std::time::Duration;
+
+use txpipe_connectors::delta::TablesConfig;
+use txpipe_connectors::retry::Backoff;
+use txpipe_core::features::FeatureConfig;
+use txpipe_core::generator::GeneratorConfig;
+use txpipe_core::schema::Schema;
+use txpipe_jobs::Shutdown;
+use txpipe_jobs::score::{self, ScoreConfig, ScoreJob};
+use txpipe_jobs::train::batch::BatchScore;
+use txpipe_jobs::train::{self, TrainConfig, TrainJob};
+
+fn generated(seed: u64, count: u64) -> GeneratorConfig {
+    GeneratorConfig {
+        seed,
+        count,
+        fraud_rate: 0.05,
+        labels: true,
+        malformed_rate: 0.0,
+        ..GeneratorConfig::default()
+    }
+}
+
+fn tables(dir: &std::path::Path) -> TablesConfig {
+    TablesConfig { clean: dir.join("clean").display().to_string(), ..TablesConfig::default() }
+}
+
+fn train_job(dir: &std::path::Path) -> TrainJob {
+    TrainJob {
+        settings: TrainConfig { force: true, ..TrainConfig::default() }.validate().unwrap(),
+        tables: tables(dir),
+        schema: Schema::default_schema(),
+        features: FeatureConfig::default(),
+        model_dir: dir.join("models").display().to_string(),
+        batch: None,
+    }
+}
+
+fn score_job(
+    dir: &std::path::Path,
+    clickhouse: &txpipe_connectors::clickhouse::ClickHouseConfig,
+) -> ScoreJob {
+    let config = ScoreConfig { exit_when_idle: Some(1.5), max_files: 2, ..ScoreConfig::default() };
+    ScoreJob {
+        settings: config.validate().unwrap(),
+        tables: tables(dir),
+        schema: Schema::default_schema(),
+        model_dir: dir.join("models").display().to_string(),
+        clickhouse: clickhouse.clone(),
+        backoff: Backoff::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_and_batch_probabilities_agree_over_a_start_a_restart_and_streamed_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let clickhouse = common::fresh_clickhouse("parity");
+    let db = clickhouse.database.clone();
+    common::write_history(dir.path(), &generated(1, 20_000), 0, 5_000).await;
+    train::run(train_job(dir.path())).await.unwrap();
+
+    // First run: the whole table as it is (earliest), scored at once.
+    let first = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
+    assert_eq!((first.scored, first.restored, first.complete_through), (20_000, 0, Some(4)), "{first:?}");
+
+    // More commits; the second run restores the history from the table and streams them, two
+    // files per micro-batch.
+    common::write_history(dir.path(), &generated(2, 12_000), 20_000, 1_000).await;
+    let second = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
+    assert_eq!((second.scored, second.restored), (12_000, 20_000), "{second:?}");
+    assert_eq!(second.complete_through, Some(16));
+    assert!(second.inserts >= 1, "{second:?}");
+
+    // Batch scores of the same table with the same model: equal probabilities, row by row.
+    let model = txpipe_jobs::models::ModelStore::new(dir.path().join("models")).current().unwrap().unwrap();
+    let b = train::batch::score_history(
+        &tables(dir.path()),
+        &Schema::default_schema(),
+        &model,
+        None,
+        2,
+        &BatchScore::new(clickhouse.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.rows, 32_000);
+    let compared = common::query(
+        &clickhouse,
+        &format!(
+            "SELECT count(), countIf(r.fraud_probability != b.fraud_probability), \
+             max(abs(r.fraud_probability - b.fraud_probability)), countIf(r.reasons != b.reasons), \
+             countIf(r.predicted_label != b.predicted_label) \
+             FROM {db}.transactions_realtime AS r ANY INNER JOIN {db}.transactions_batch AS b USING transaction_id"
+        ),
+    )
+    .await;
+    assert_eq!(compared, "32000\t0\t0\t0\t0", "rows, probabilities differing, largest gap, reasons, labels");
+    let realtime = common::query(
+        &clickhouse,
+        &format!(
+            "SELECT count(), uniqExact(transaction_id), any(model_version) FROM {db}.transactions_realtime"
+        ),
+    )
+    .await;
+    assert_eq!(realtime, format!("32000\t32000\t{}", model.version));
+    common::query(&clickhouse, &format!("DROP DATABASE {db}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_published_mid_stream_scores_the_rows_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clickhouse = common::fresh_clickhouse("reload");
+    let db = clickhouse.database.clone();
+    common::write_history(dir.path(), &generated(3, 10_000), 0, 10_000).await;
+    train::run(train_job(dir.path())).await.unwrap();
+    // Score runs on; it will stop 1.5 s after the last new commit.
+    let mut job = score_job(dir.path(), &clickhouse);
+    job.settings.model_poll = Duration::from_millis(100);
+    job.settings.exit_when_idle = Some(Duration::from_secs(4));
+    let running = tokio::spawn(score::run(job, Shutdown::new()));
+    common::write_history(dir.path(), &generated(4, 2_000), 10_000, 1_000).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A broken version is refused and the current model kept; then a real second model.
+    let broken = dir.path().join("models").join("versions").join("000007");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("model.json"), b"{\"format\": 1, \"half\": ").unwrap();
+    std::fs::write(dir.path().join("models").join("CURRENT"), b"000007\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::write_history(dir.path(), &generated(5, 1_000), 12_000, 1_000).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::remove_dir_all(&broken).unwrap();
+    std::fs::remove_file(dir.path().join("models").join("CURRENT")).unwrap();
+    std::fs::write(dir.path().join("models").join("CURRENT"), b"000001\n").unwrap();
+    let second = train::run(train_job(dir.path())).await.unwrap();
+    let v2 = second.published.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    common::write_history(dir.path(), &generated(6, 3_000), 13_000, 1_000).await;
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(report.scored, 16_000, "{report:?}");
+    assert_eq!(report.models, vec!["000001".to_string(), v2.clone()], "{report:?}");
+    let versions = common::query(
+        &clickhouse,
+        &format!(
+            "SELECT model_version, count() FROM {db}.transactions_realtime GROUP BY model_version ORDER BY model_version"
+        ),
+    )
+    .await;
+    assert_eq!(versions, format!("000001\t13000\n{v2}\t3000"));
+    common::query(&clickhouse, &format!("DROP DATABASE {db}")).await;
+}
