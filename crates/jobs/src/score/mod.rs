@@ -421,7 +421,8 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
     // The stream.
     let stream_ctx =
         Ctx { schema: job.schema.clone(), copied: copied.clone(), columns: serving.columns().to_vec() };
-    let mut last_input = Instant::now();
+    // Since when polls have found nothing new (time spent inserting does not count).
+    let mut idle_since = Some(Instant::now());
     let mut stats_at = Instant::now();
     loop {
         if shutdown.is_triggered() {
@@ -433,7 +434,7 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
         let batch = tail.poll().await?;
         let got = batch.is_some();
         if let Some(b) = batch {
-            last_input = Instant::now();
+            idle_since = None;
             let scorer = current.scorer.as_mut().expect("a model is loaded");
             pending.since.get_or_insert_with(Instant::now);
             score_rows(
@@ -454,6 +455,11 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
             || pending.rows.len() >= job.clickhouse.insert_rows;
         if due {
             flush(&serving, &job.backoff, &location, &mut pending, &mut report).await?;
+            // A flush can take long (ClickHouse away): look at the log again before calling
+            // the stream idle.
+            if idle_since.is_some() {
+                idle_since = Some(Instant::now());
+            }
         }
         if stats_at.elapsed() >= settings.stats {
             stats_at = Instant::now();
@@ -467,8 +473,11 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
                 "score"
             );
         }
+        if !got && idle_since.is_none() {
+            idle_since = Some(Instant::now());
+        }
         if let Some(idle) = settings.exit_when_idle
-            && last_input.elapsed() >= idle
+            && idle_since.is_some_and(|t| t.elapsed() >= idle)
             && pending.rows.is_empty()
         {
             tracing::info!(idle_s = idle.as_secs_f64(), "no new commits; stopping");
