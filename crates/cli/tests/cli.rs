@@ -106,10 +106,18 @@ fn a_bad_config_file_names_the_key() {
 }
 
 #[test]
-fn jobs_not_built_yet_say_so_and_fail() {
-    let (code, _, err) = run(txpipe().arg("score"));
-    assert_eq!(code, 1);
-    assert!(err.contains("not built yet"), "{err}");
+fn score_without_a_model_waits_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("test_cli_nomodel_{}", std::process::id());
+    let mut c = txpipe();
+    c.current_dir(dir.path()).args(["score", "--exit-when-idle", "1", "--clickhouse-database", &database]);
+    let (code, _, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no model published yet; waiting"), "{err}");
+    assert!(err.contains("scored 0 rows") && err.contains("models none"), "{err}");
+    let drop =
+        Command::new("clickhouse-client").args(["--query", &format!("DROP DATABASE {database}")]).status();
+    assert!(drop.unwrap().success());
 }
 
 fn produce_file(dir: &Path, name: &str, seed: &str) -> (Vec<u8>, String) {
@@ -280,10 +288,42 @@ fn train_publishes_a_model_and_refusals_exit_non_zero() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("of Delta version 1:") && err.contains("published version 000002"), "{err}");
 
+    // Flags that do not fit are refused by name before any work.
+    for (args, named) in [
+        (&["train", "--from", "2026-11-01"][..], "add --batch-score"),
+        (&["train", "--batch-score", "--from", "yesterday"][..], "invalid --from \"yesterday\""),
+        (
+            &["train", "--batch-score", "--from", "2026-11-02", "--to", "2026-11-01"][..],
+            "--from must be before --to",
+        ),
+        (&["train", "--every", "0s"][..], "invalid --every \"0s\""),
+        (&["train", "--every", "1h", "--delta-version", "1"][..], "cannot be combined with --delta-version"),
+    ] {
+        let mut c = txpipe();
+        c.args(args);
+        with_paths(&mut c);
+        let (code, _, err) = run(&mut c);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(named), "{args:?}: {err}");
+    }
+
+    // Batch scores into a database of this test's own.
+    let database = format!("test_cli_batch_{}", std::process::id());
     let mut c = txpipe();
-    c.args(["train", "--batch-score"]);
+    c.args(["train", "--force", "--batch-score", "--clickhouse-database", &database]);
     with_paths(&mut c);
     let (code, _, err) = run(&mut c);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--batch-score"), "{err}");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "batch scores: 30000 rows of Delta version 1 into {database}.transactions_batch"
+        )),
+        "{err}"
+    );
+    let report = err.lines().find_map(|l| l.strip_prefix("report: ")).expect("the report's path");
+    let page = std::fs::read_to_string(report).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>") && page.matches("<svg").count() == 4, "four charts inline");
+    let drop =
+        Command::new("clickhouse-client").args(["--query", &format!("DROP DATABASE {database}")]).status();
+    assert!(drop.unwrap().success());
 }

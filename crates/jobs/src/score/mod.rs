@@ -296,8 +296,15 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
         checked: None,
     };
     let mut said = None::<Instant>;
+    let waiting = Instant::now();
+    let idle_over = |since: Instant| settings.exit_when_idle.is_some_and(|idle| since.elapsed() >= idle);
     while !current.check(&job.schema, Duration::ZERO, &mut report) {
         if shutdown.is_triggered() {
+            return Ok(report);
+        }
+        if idle_over(waiting) {
+            tracing::info!(model_dir = %job.model_dir, "no model published yet; stopping (exit-when-idle)");
+            report.elapsed_s = started.elapsed().as_secs_f64();
             return Ok(report);
         }
         if said.is_none_or(|t| t.elapsed() >= settings.stats) {
@@ -318,11 +325,17 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
     let resume =
         job.backoff.retry("reading score progress", retryable, || serving.progress(&location)).await?;
     let mut said = None::<Instant>;
+    let waiting = Instant::now();
     let table = loop {
         if let Some(t) = tail.load_newest().await? {
             break t;
         }
         if shutdown.is_triggered() {
+            return Ok(report);
+        }
+        if idle_over(waiting) {
+            tracing::info!(%location, "the clean table does not exist yet; stopping (exit-when-idle)");
+            report.elapsed_s = started.elapsed().as_secs_f64();
             return Ok(report);
         }
         if said.is_none_or(|t| t.elapsed() >= settings.stats) {
