@@ -271,7 +271,7 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             eprintln!(
                 "scored {} rows ({} repeats dropped, {} restored into the history) into {}.{} in {} inserts ({:.1} s); \
-                 complete through Delta version {}; models {}",
+                 complete through Delta version {}; models {}{}",
                 r.scored,
                 r.repeats,
                 r.restored,
@@ -280,7 +280,14 @@ fn run(cli: Cli) -> Result<()> {
                 r.inserts,
                 r.elapsed_s,
                 r.complete_through.map_or("none".to_string(), |v| v.to_string()),
-                if r.models.is_empty() { "none".to_string() } else { r.models.join(", ") }
+                if r.models.is_empty() { "none".to_string() } else { r.models.join(", ") },
+                match (r.latency_p50_s, r.latency_p99_s) {
+                    (Some(p50), Some(p99)) => format!(
+                        "; event time to queryable p50 {p50:.3} s, p99 {p99:.3} s ({} rows more than a minute late)",
+                        r.latency_over_60s
+                    ),
+                    _ => String::new(),
+                }
             );
             Ok(())
         }

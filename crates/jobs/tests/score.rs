@@ -69,8 +69,10 @@ async fn realtime_and_batch_probabilities_agree_over_a_start_a_restart_and_strea
     let first = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
     assert_eq!((first.scored, first.restored, first.complete_through), (20_000, 0, Some(4)), "{first:?}");
 
-    // More commits; the second run restores the history from the table and streams them, two
-    // files per micro-batch.
+    // More commits (each a file per event date it touches); the second run restores the
+    // history from the table and streams them, whole commits of up to two files per
+    // micro-batch (a commit split across micro-batches would feed an account's events out of
+    // order: this test caught it).
     common::write_history(dir.path(), &generated(2, 12_000), 20_000, 1_000).await;
     let second = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
     assert_eq!((second.scored, second.restored), (12_000, 20_000), "{second:?}");

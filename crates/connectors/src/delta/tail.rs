@@ -24,15 +24,15 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, Path, ensure_tab
 use super::read::{DataFile, read_projected};
 use super::{DeltaError, data_files};
 
-/// One micro-batch of a tail.
+/// One micro-batch of a tail: whole commits, so that the rows of one commit (which a reader
+/// orders by Kafka partition and offset) never straddle two batches.
 #[derive(Debug)]
 pub struct TailBatch {
     /// The wanted columns of the rows of the files read, in commit order.
     pub batches: Vec<RecordBatch>,
     pub files: usize,
     pub rows: usize,
-    /// Every file of every commit up to this version is in this or an earlier batch (None:
-    /// still inside the first commit read).
+    /// The last version in this batch: every file of every commit up to it has been handed out.
     pub complete_through: Option<u64>,
 }
 
@@ -45,8 +45,8 @@ pub struct TableTail {
     partition_columns: Vec<String>,
     /// The next version whose log entry is read.
     next: u64,
-    /// Files of read commits not handed out yet, with their version.
-    pending: VecDeque<(u64, DataFile)>,
+    /// Read commits not handed out yet: version and added files.
+    pending: VecDeque<(u64, Vec<DataFile>)>,
     max_files: usize,
 }
 
@@ -153,7 +153,9 @@ impl TableTail {
         let location = self.location.clone();
         let err = |e| read_err(&location, e);
         // Read entries until enough files wait or the log ends.
-        while self.pending.len() < self.max_files {
+        let waiting =
+            |pending: &VecDeque<(u64, Vec<DataFile>)>| pending.iter().map(|(_, f)| f.len()).sum::<usize>();
+        while waiting(&self.pending) < self.max_files {
             let Some(bytes) = store.read_commit_entry(self.next).await.map_err(err)? else {
                 if let Some(cp) = last_checkpoint(store.as_ref()).await.map_err(err)?
                     && cp >= self.next
@@ -168,60 +170,70 @@ impl TableTail {
                 break;
             };
             let version = self.next;
+            let mut added = Vec::new();
             for action in get_actions(version, &bytes).map_err(err)? {
                 match action {
                     Action::Add(add) if add.data_change => {
                         let path = Path::from_url_path(&add.path).map_err(|e| {
                             err(DeltaTableError::Generic(format!("bad path {}: {e}", add.path)))
                         })?;
-                        self.pending.push_back((
-                            version,
-                            DataFile { path, size: add.size, partition_values: add.partition_values },
-                        ));
+                        added.push(DataFile { path, size: add.size, partition_values: add.partition_values });
                     }
                     Action::Metadata(m) => self.partition_columns = m.partition_columns().to_vec(),
                     _ => {}
                 }
             }
+            self.pending.push_back((version, added));
             self.next += 1;
         }
         if self.pending.is_empty() {
             return Ok(None);
         }
-        let take = self.pending.len().min(self.max_files);
-        let files: Vec<(u64, DataFile)> = self.pending.drain(..take).collect();
+        // Whole commits, at least one, up to `max_files` files.
+        let mut take = 0;
+        let mut files = 0;
+        for (_, f) in &self.pending {
+            if take > 0 && files + f.len() > self.max_files {
+                break;
+            }
+            take += 1;
+            files += f.len();
+        }
+        let commits: Vec<(u64, Vec<DataFile>)> = self.pending.drain(..take).collect();
         let store_root = store.object_store(None);
         let mut batches = Vec::new();
-        for (version, file) in &files {
-            let read =
-                read_projected(store_root.clone(), file, &self.out_schema, &self.partition_columns).await;
-            match read {
-                Ok(b) => batches.extend(b),
-                Err(DeltaTableError::ObjectStore {
-                    source: deltalake::ObjectStoreError::NotFound { .. },
-                }) => {
-                    return Err(err(DeltaTableError::Generic(format!(
-                        "data file {} added by version {version} is gone (vacuumed before it was read?)",
-                        file.path
-                    ))));
-                }
-                Err(e) => {
-                    // Put the files back: a retry reads them again.
-                    for f in files.into_iter().rev() {
-                        self.pending.push_front(f);
+        let mut failed = None;
+        'read: for (version, added) in &commits {
+            for file in added {
+                let read =
+                    read_projected(store_root.clone(), file, &self.out_schema, &self.partition_columns).await;
+                match read {
+                    Ok(b) => batches.extend(b),
+                    Err(DeltaTableError::ObjectStore {
+                        source: deltalake::ObjectStoreError::NotFound { .. },
+                    }) => {
+                        return Err(err(DeltaTableError::Generic(format!(
+                            "data file {} added by version {version} is gone (vacuumed before it was read?)",
+                            file.path
+                        ))));
                     }
-                    return Err(err(e));
+                    Err(e) => {
+                        failed = Some(e);
+                        break 'read;
+                    }
                 }
             }
         }
-        // Complete through the version before the oldest file still pending, or through the
-        // last version read.
-        let complete_through = match self.pending.front() {
-            Some((v, _)) => v.checked_sub(1),
-            None => self.next.checked_sub(1),
-        };
+        if let Some(e) = failed {
+            // Put the commits back: a retry reads them again.
+            for c in commits.into_iter().rev() {
+                self.pending.push_front(c);
+            }
+            return Err(err(e));
+        }
+        let complete_through = commits.last().map(|(v, _)| *v);
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
-        Ok(Some(TailBatch { batches, files: files.len(), rows, complete_through }))
+        Ok(Some(TailBatch { batches, files, rows, complete_through }))
     }
 }
 

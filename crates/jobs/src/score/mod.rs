@@ -175,7 +175,50 @@ pub struct ScoreReport {
     pub complete_through: Option<u64>,
     /// The model versions used, in order.
     pub models: Vec<String>,
+    /// From event time to the acknowledged insert (the row queryable), over the rows streamed
+    /// within a minute of their event time: median and 99th percentile, in seconds.
+    pub latency_p50_s: Option<f64>,
+    pub latency_p99_s: Option<f64>,
+    /// Rows streamed more than a minute after their event time (history, a backlog).
+    pub latency_over_60s: u64,
     pub elapsed_s: f64,
+}
+
+/// Event time → queryable, per row, in 1 ms buckets up to a minute.
+struct Latency {
+    buckets: Vec<u32>,
+    over: u64,
+}
+
+impl Latency {
+    fn new() -> Latency {
+        Latency { buckets: vec![0; 60_000], over: 0 }
+    }
+
+    fn add(&mut self, seconds: f64) {
+        let ms = (seconds * 1000.0).max(0.0) as usize;
+        match self.buckets.get_mut(ms) {
+            Some(b) => *b += 1,
+            None => self.over += 1,
+        }
+    }
+
+    /// The `q` quantile in seconds (bucket upper edge), if any row was counted.
+    fn quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.buckets.iter().map(|&b| b as u64).sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0u64;
+        for (ms, &b) in self.buckets.iter().enumerate() {
+            seen += b as u64;
+            if seen >= rank {
+                return Some((ms + 1) as f64 / 1000.0);
+            }
+        }
+        None
+    }
 }
 
 /// The Arrow type the tail reads a field as.
@@ -272,6 +315,8 @@ impl Current {
 /// Scored rows waiting for their insert, and the version they complete.
 struct Pending {
     rows: PredictionRows,
+    /// The rows' event times (UTC µs), for the latency.
+    times: Vec<i64>,
     complete_through: Option<u64>,
     since: Option<Instant>,
 }
@@ -355,8 +400,13 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
     };
     let mut history = History::new();
     let mut recent = RecentIds::new();
-    let mut pending =
-        Pending { rows: PredictionRows::new(Target::Realtime), complete_through: None, since: None };
+    let mut pending = Pending {
+        rows: PredictionRows::new(Target::Realtime),
+        times: Vec::new(),
+        complete_through: None,
+        since: None,
+    };
+    let mut latency = Latency::new();
     let copied = copied_fields(&job.schema, serving.columns())?;
     if let Some(base) = base {
         let mut table = table;
@@ -390,6 +440,7 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
                     &mut history,
                     &mut recent,
                     &mut out,
+                    None,
                     &mut counts,
                     |rows| {
                         if rows.len() >= chunk_rows {
@@ -457,6 +508,7 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
                 &mut history,
                 &mut recent,
                 &mut pending.rows,
+                Some(&mut pending.times),
                 &mut report,
                 |_| {},
             )?;
@@ -467,7 +519,7 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
         let due = pending.since.is_some_and(|t| t.elapsed() >= settings.flush)
             || pending.rows.len() >= job.clickhouse.insert_rows;
         if due {
-            flush(&serving, &job.backoff, &location, &mut pending, &mut report).await?;
+            flush(&serving, &job.backoff, &location, &mut pending, &mut latency, &mut report).await?;
             // A flush can take long (ClickHouse away): look at the log again before calling
             // the stream idle.
             if idle_since.is_some() {
@@ -500,7 +552,10 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
             sleep_or_shutdown(settings.poll, &shutdown).await;
         }
     }
-    flush(&serving, &job.backoff, &location, &mut pending, &mut report).await?;
+    flush(&serving, &job.backoff, &location, &mut pending, &mut latency, &mut report).await?;
+    report.latency_p50_s = latency.quantile(0.5);
+    report.latency_p99_s = latency.quantile(0.99);
+    report.latency_over_60s = latency.over;
     report.elapsed_s = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -536,9 +591,19 @@ async fn flush(
     backoff: &Backoff,
     location: &str,
     pending: &mut Pending,
+    latency: &mut Latency,
     report: &mut ScoreReport,
 ) -> Result<()> {
     insert(serving, backoff, &pending.rows, report).await?;
+    let now_us = chrono::Utc::now().timestamp_micros();
+    for &t in &pending.times {
+        let seconds = (now_us - t) as f64 / 1e6;
+        latency.add(seconds);
+        if seconds < 60.0 {
+            metrics::histogram!("txpipe_score_end_to_end_seconds").record(seconds);
+        }
+    }
+    pending.times.clear();
     pending.rows.clear();
     pending.since = None;
     if let Some(v) = pending.complete_through.take()
@@ -606,6 +671,7 @@ fn score_rows(
     history: &mut History,
     recent: &mut RecentIds,
     out: &mut PredictionRows,
+    mut times: Option<&mut Vec<i64>>,
     report: &mut ScoreReport,
     mut after_row: impl FnMut(&mut PredictionRows),
 ) -> Result<()> {
@@ -650,6 +716,9 @@ fn score_rows(
                 batch_run_id: None,
             },
         );
+        if let Some(t) = times.as_deref_mut() {
+            t.push(event_time_us);
+        }
         scored += 1;
         after_row(out);
     }

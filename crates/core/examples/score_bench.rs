@@ -1,0 +1,82 @@
+//! Scoring speed, features + model alone, for BENCHMARKS.md: ROWS generated events of the
+//! default schema (default 1,000,000) parsed once, the default features fitted and a logistic
+//! regression fitted on them; then, timed (best of 3), every event through what `score` does
+//! per row: its feature row (account history included), the probability, the label and the top
+//! three reasons. One thread.
+//!
+//!     cargo run --profile release-lto -p txpipe-core --example score_bench -- [ROWS]
+
+use std::time::Instant;
+
+use txpipe_core::event::{EventParser, Value};
+use txpipe_core::features::{FeatureConfig, History};
+use txpipe_core::generator::{Generator, GeneratorConfig};
+use txpipe_core::model::{FitOptions, Matrix, fit};
+use txpipe_core::schema::Schema;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rows: u64 = std::env::args().nth(1).map(|r| r.parse()).transpose()?.unwrap_or(1_000_000);
+    let schema = Schema::default_schema();
+    let parser = EventParser::new(schema.clone());
+    let mut generator = Generator::new(
+        &schema,
+        GeneratorConfig { seed: 3, count: rows, malformed_rate: 0.0, ..Default::default() },
+    )?;
+    let (mut payload, mut key) = (Vec::new(), Vec::new());
+    let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(rows as usize);
+    for _ in 0..rows {
+        generator.next_into(&mut payload, &mut key);
+        payloads.push(payload.clone());
+    }
+    let mut events: Vec<Vec<Value<'_>>> = Vec::with_capacity(payloads.len());
+    for p in &payloads {
+        let mut values = Vec::new();
+        parser.parse(p, &mut values)?;
+        events.push(values);
+    }
+    let spec = FeatureConfig::default().validate(&schema)?;
+    let fitted = spec.fit(&schema, events.iter().map(|v| v.as_slice()));
+    let features = fitted.bind(&schema)?;
+    let width = features.width();
+    let label = schema.label_index().ok_or("no label")?;
+    let mut columns: Vec<Vec<f32>> = (0..width).map(|_| Vec::with_capacity(events.len())).collect();
+    let mut y = Vec::with_capacity(events.len());
+    let mut history = History::new();
+    let mut row = vec![0f32; width];
+    for v in &events {
+        features.row(v, &mut history, &mut row);
+        for (c, &x) in columns.iter_mut().zip(&row) {
+            c.push(x);
+        }
+        y.push(u8::from(matches!(v[label], Value::Bool(true))));
+    }
+    let model = fit(&Matrix::from_columns(columns), &y, &FitOptions::default())?;
+    let names = features.names().to_vec();
+
+    let mut best = f64::INFINITY;
+    let mut checksum = 0.0;
+    let mut reasons_seen = 0usize;
+    for _ in 0..3 {
+        let mut history = History::new();
+        let started = Instant::now();
+        for v in &events {
+            features.row(v, &mut history, &mut row);
+            let p = model.probability(&row);
+            let label = p >= 0.5;
+            let top = model.top_reasons(&row);
+            let mut reasons = [""; 3];
+            for (slot, j) in reasons.iter_mut().zip(top.indices()) {
+                *slot = names[j].as_str();
+            }
+            checksum += p + f64::from(u8::from(label));
+            reasons_seen += reasons.iter().filter(|r| !r.is_empty()).count();
+        }
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    println!(
+        "{rows} rows x {width} features: best of 3 {best:.3} s = {:.0} rows/s per core (checksum {checksum:.3}, {} reasons)",
+        rows as f64 / best,
+        reasons_seen / 3
+    );
+    Ok(())
+}
