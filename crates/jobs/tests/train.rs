@@ -239,3 +239,38 @@ async fn batch_scoring_with_clickhouse_away_keeps_the_model_and_says_so() {
     assert!(text.contains("model version 000001 is published") && text.contains("127.0.0.1:9"), "{text}");
     assert_eq!(ModelStore::new(dir.path().join("models")).current_id().unwrap().as_deref(), Some("000001"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_polling_the_pointer_while_models_are_published_never_sees_half_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    history(dir.path(), generated(10_000, 0.05, true)).await;
+    train::run(job(dir.path(), TrainConfig::default())).await.unwrap();
+    let store = ModelStore::new(dir.path().join("models"));
+    let model = store.current().unwrap().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut versions) = (0u64, std::collections::BTreeSet::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let m = store.current().expect("every read of the pointer finds a whole model").unwrap();
+                assert_eq!(m.features.names.len(), m.model.coefficients.len());
+                versions.insert(m.version);
+                reads += 1;
+            }
+            (reads, versions)
+        })
+    };
+    for _ in 0..40 {
+        store
+            .publish(
+                |id| txpipe_core::model::ModelArtifact { version: id.to_string(), ..model.clone() },
+                |_, _| Ok(()),
+            )
+            .unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, versions) = reader.join().unwrap();
+    assert_eq!(store.current_id().unwrap().as_deref(), Some("000041"));
+    assert!(reads > 40 && versions.len() > 2, "{reads} reads saw {versions:?}");
+}
