@@ -292,32 +292,44 @@ fn train_on(
     let fitted = fitter.finish();
     let features = fitted.bind(&job.schema)?;
     let width = features.width();
-    let mut columns: Vec<Vec<f32>> = (0..width).map(|_| Vec::with_capacity(rows.order.len())).collect();
-    let mut slices: [(Vec<usize>, Vec<u8>); 3] = Default::default();
-    let mut history = History::new();
-    let mut out = vec![0f32; width];
-    for (n, &r) in rows.order.iter().enumerate() {
-        rows.values_into(r, &mut values);
-        features.row(&values, &mut history, &mut out);
-        for (col, &v) in columns.iter_mut().zip(&out) {
-            col.push(v);
+    // Each labelled row goes straight into the columns of its slice (no matrix of every row
+    // to copy the slices out of: that would hold the features twice).
+    let slice_of = |t: i64| {
+        if t >= holdout_from {
+            2
+        } else if t >= validation_from {
+            1
+        } else {
+            0
         }
-        if let Some(y) = rows.label_of(r) {
-            let t = rows.time_of(r);
-            let slice = if t >= holdout_from {
-                2
-            } else if t >= validation_from {
-                1
-            } else {
-                0
-            };
-            slices[slice].0.push(n);
-            slices[slice].1.push(u8::from(y));
+    };
+    let mut sizes = [0usize; 3];
+    for &r in &rows.order {
+        if rows.label_of(r).is_some() {
+            sizes[slice_of(rows.time_of(r))] += 1;
         }
     }
+    let mut slices: [(Vec<Vec<f32>>, Vec<u8>); 3] = Default::default();
+    for ((columns, labels), &n) in slices.iter_mut().zip(&sizes) {
+        *columns = (0..width).map(|_| Vec::with_capacity(n)).collect();
+        *labels = Vec::with_capacity(n);
+    }
+    let mut history = History::new();
+    let mut out = vec![0f32; width];
+    for &r in &rows.order {
+        rows.values_into(r, &mut values);
+        features.row(&values, &mut history, &mut out);
+        if let Some(y) = rows.label_of(r) {
+            let (columns, labels) = &mut slices[slice_of(rows.time_of(r))];
+            for (col, &v) in columns.iter_mut().zip(&out) {
+                col.push(v);
+            }
+            labels.push(u8::from(y));
+        }
+    }
+    drop(history);
     drop(rows);
     drop(projection);
-    let matrix = Matrix::from_columns(columns);
     report.features_s = started.elapsed().as_secs_f64();
     let names = ["fitted", "validation", "held-out"];
     for (name, (_, y)) in names.iter().zip(&slices) {
@@ -342,10 +354,9 @@ fn train_on(
         )));
     }
 
-    progress.set_message(format!("fitting on {} rows", slices[0].0.len()));
+    progress.set_message(format!("fitting on {} rows", slices[0].1.len()));
     let started = Instant::now();
-    let [train, validation, holdout] = slices.map(|(rows, y)| (matrix.select_rows(&rows), y));
-    drop(matrix);
+    let [train, validation, holdout] = slices.map(|(columns, y)| (Matrix::from_columns(columns), y));
     let lr = model::fit(&train.0, &train.1, &settings.fit).map_err(|e| refuse(e.to_string()))?;
     report.fit_s = started.elapsed().as_secs_f64();
 
