@@ -42,45 +42,44 @@ pub struct Evaluation {
 
 /// Evaluates `p` against `y` at `threshold`.
 pub fn evaluate(p: &[f64], y: &[u8], threshold: f64) -> Evaluation {
+    let positives = y.iter().filter(|&&v| v != 0).count() as u64;
+    // One sort for both areas.
+    let runs = runs(p, y);
     Evaluation {
         rows: p.len() as u64,
-        positives: y.iter().filter(|&&v| v != 0).count() as u64,
-        auc_roc: auc_roc(p, y),
-        auc_pr: average_precision(p, y),
+        positives,
+        auc_roc: auc_of_runs(&runs),
+        auc_pr: average_precision_of_runs(&runs, positives as f64),
         log_loss: log_loss(p, y),
         brier: brier(p, y),
         at_threshold: at_threshold(p, y, threshold),
     }
 }
 
-/// Row indices by probability, highest first (ties in row order, so the result is stable).
-fn descending(p: &[f64]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..p.len()).collect();
-    order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-    order
-}
-
 /// Runs of equal probability, highest first: (probability, positives, negatives) per run.
+/// The counts of a run do not depend on the order of its rows, so an unstable parallel sort
+/// of (probability, label) pairs gives the same runs every time.
 fn runs(p: &[f64], y: &[u8]) -> Vec<(f64, u64, u64)> {
+    use rayon::slice::ParallelSliceMut;
+    let mut pairs: Vec<(f64, bool)> = p.iter().copied().zip(y.iter().map(|&v| v != 0)).collect();
+    pairs.par_sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
     let mut out: Vec<(f64, u64, u64)> = Vec::new();
-    for i in descending(p) {
-        let pos = u64::from(y[i] != 0);
+    for (pi, yi) in pairs {
+        let pos = u64::from(yi);
         match out.last_mut() {
-            Some(r) if r.0 == p[i] => {
+            Some(r) if r.0 == pi => {
                 r.1 += pos;
                 r.2 += 1 - pos;
             }
-            _ => out.push((p[i], pos, 1 - pos)),
+            _ => out.push((pi, pos, 1 - pos)),
         }
     }
     out
 }
 
-/// The area under the ROC curve: the chance that a random positive scores above a random
-/// negative, ties counting half. NaN with only one class.
-pub fn auc_roc(p: &[f64], y: &[u8]) -> f64 {
+fn auc_of_runs(runs: &[(f64, u64, u64)]) -> f64 {
     let (mut tp, mut fp, mut area) = (0.0f64, 0.0f64, 0.0f64);
-    for (_, pos, neg) in runs(p, y) {
+    for &(_, pos, neg) in runs {
         // Trapezoid over the run: negatives of the run against positives above plus half of
         // the run's own positives.
         area += neg as f64 * (tp + pos as f64 / 2.0);
@@ -90,16 +89,26 @@ pub fn auc_roc(p: &[f64], y: &[u8]) -> f64 {
     area / (tp * fp)
 }
 
-/// Average precision: Σ (recallₖ − recallₖ₋₁) · precisionₖ over the distinct thresholds.
-pub fn average_precision(p: &[f64], y: &[u8]) -> f64 {
-    let positives = y.iter().filter(|&&v| v != 0).count() as f64;
+fn average_precision_of_runs(runs: &[(f64, u64, u64)], positives: f64) -> f64 {
     let (mut tp, mut flagged, mut ap) = (0.0, 0.0, 0.0);
-    for (_, pos, neg) in runs(p, y) {
+    for &(_, pos, neg) in runs {
         tp += pos as f64;
         flagged += (pos + neg) as f64;
         ap += (pos as f64 / positives) * (tp / flagged);
     }
     ap
+}
+
+/// The area under the ROC curve: the chance that a random positive scores above a random
+/// negative, ties counting half. NaN with only one class.
+pub fn auc_roc(p: &[f64], y: &[u8]) -> f64 {
+    auc_of_runs(&runs(p, y))
+}
+
+/// Average precision: Σ (recallₖ − recallₖ₋₁) · precisionₖ over the distinct thresholds.
+pub fn average_precision(p: &[f64], y: &[u8]) -> f64 {
+    let positives = y.iter().filter(|&&v| v != 0).count() as f64;
+    average_precision_of_runs(&runs(p, y), positives)
 }
 
 /// Mean negative log-likelihood, probabilities clipped to [1e-15, 1 − 1e-15].
