@@ -191,7 +191,20 @@ pub async fn run(job: TrainJob) -> Result<TrainReport> {
     let progress =
         indicatif::ProgressBar::new_spinner().with_message(format!("reading {}", job.tables.clean));
     progress.enable_steady_tick(std::time::Duration::from_millis(150));
-    let mut wanted: Vec<&str> = job.schema.fields().iter().map(|f| f.name.as_str()).collect();
+    // Only the fields the features read, the id, the time and the label are decoded.
+    let mut used = vec![job.schema.id_index(), job.schema.time_index(), label, spec.time];
+    used.extend(spec.numeric.iter().chain(&spec.categorical).chain(&spec.boolean).copied());
+    if let Some(h) = &spec.history {
+        used.extend([Some(h.account), h.amount, h.country].into_iter().flatten());
+    }
+    let mut wanted: Vec<&str> = job
+        .schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| used.contains(i))
+        .map(|(_, f)| f.name.as_str())
+        .collect();
     wanted.extend(["kafka_partition", "kafka_offset"]);
     let projection = delta::read_columns(
         &job.tables.clean,
@@ -257,14 +270,17 @@ fn train_on(
         projection.batches.iter().map(|b| b.num_rows()).sum::<usize>()
     ));
     let settings = &job.settings;
-    let rows = rows::Rows::new(&job.schema, &projection.batches, Some(label))?;
+    let mut rows = rows::Rows::new(&job.schema, &projection.batches, Some(label))?;
     report.delta_version = projection.version;
+    // The ids served to drop repeats; the batches are referenced by `rows` alone from here.
+    drop(projection);
+    rows.forget(job.schema.id_index());
     report.rows_read = rows.read;
     report.rows_used = rows.order.len() as u64;
     if rows.order.is_empty() {
         return Err(refuse(format!(
             "the table {} (version {}) has no rows",
-            job.tables.clean, projection.version
+            job.tables.clean, report.delta_version
         )));
     }
     report.read_s = started.elapsed().as_secs_f64();
@@ -329,7 +345,6 @@ fn train_on(
     }
     drop(history);
     drop(rows);
-    drop(projection);
     report.features_s = started.elapsed().as_secs_f64();
     let names = ["fitted", "validation", "held-out"];
     for (name, (_, y)) in names.iter().zip(&slices) {

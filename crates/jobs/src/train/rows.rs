@@ -118,6 +118,15 @@ impl Rows {
         Ok(rows)
     }
 
+    /// Lets go of a field's columns (its values read as absent from here on).
+    pub fn forget(&mut self, field: usize) {
+        for batch in &mut self.columns {
+            if let Some(c) = batch.get_mut(field) {
+                *c = Column::Absent;
+            }
+        }
+    }
+
     fn str_of(&self, field: usize, (b, i): (u32, u32)) -> Option<&str> {
         match &self.columns[b as usize][field] {
             Column::Str(c) if c.is_valid(i as usize) => Some(c.value(i as usize)),
