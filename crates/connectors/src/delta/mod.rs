@@ -16,6 +16,6 @@ pub use deltalake::arrow;
 pub use deltalake::kernel::Add;
 pub use maintenance::{CompactReport, compact, vacuum};
 pub use read::{DataFile, Projection, data_files, read_columns, read_file, read_rows, string_values};
-pub use rows::{CleanRows, EVENT_DATE, QuarantineRows, clean_schema, quarantine_schema};
+pub use rows::{CleanRows, EVENT_DATE, QuarantineRows, arrow_type, clean_schema, quarantine_schema};
 pub use table::{DeltaError, Table, TableWriter, open_existing};
 pub use tail::{TableTail, TailBatch};

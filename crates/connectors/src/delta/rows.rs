@@ -24,7 +24,8 @@ fn timestamp() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-fn arrow_type(kind: FieldType) -> DataType {
+/// The Arrow type a schema field is held in (clean table, readers).
+pub fn arrow_type(kind: FieldType) -> DataType {
     match kind {
         FieldType::String => DataType::Utf8,
         FieldType::Double => DataType::Float64,

@@ -30,14 +30,14 @@ use txpipe_connectors::clickhouse::{
     ClickHouseConfig, ClickHouseError, Prediction, PredictionRows, Serving, ServingColumn, Target,
 };
 use txpipe_connectors::delta::arrow::array::RecordBatch;
-use txpipe_connectors::delta::arrow::datatypes::{DataType, TimeUnit};
-use txpipe_connectors::delta::{TableTail, TablesConfig};
+use txpipe_connectors::delta::arrow::datatypes::DataType;
+use txpipe_connectors::delta::{TableTail, TablesConfig, arrow_type};
 use txpipe_connectors::retry::Backoff;
 use txpipe_core::Error as ConfigError;
 use txpipe_core::event::Value;
 use txpipe_core::features::History;
 use txpipe_core::model::{ModelArtifact, Scorer};
-use txpipe_core::schema::{FieldType, Schema};
+use txpipe_core::schema::Schema;
 use txpipe_core::units::parse_duration_us;
 
 use crate::models::ModelStore;
@@ -218,17 +218,6 @@ impl Latency {
             }
         }
         None
-    }
-}
-
-/// The Arrow type the tail reads a field as.
-fn arrow_type(kind: FieldType) -> DataType {
-    match kind {
-        FieldType::String => DataType::Utf8,
-        FieldType::Double => DataType::Float64,
-        FieldType::Long => DataType::Int64,
-        FieldType::Boolean => DataType::Boolean,
-        FieldType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
     }
 }
 
@@ -493,7 +482,7 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
             break;
         }
         if current.check(&job.schema, settings.model_poll, &mut report) {
-            metrics::gauge!("txpipe_score_model_changes").increment(1.0);
+            metrics::counter!("txpipe_score_model_changes_total").increment(1);
         }
         let batch = tail.poll().await?;
         let got = batch.is_some();
