@@ -13,7 +13,7 @@ fn config(database: &str) -> String {
     let mut text = format!(
         "[clickhouse]\ndatabase = \"{database}\"\nfields = [\"v1\", \"v2\"]\n\
          [train]\nforce = true\n[score]\nexit_when_idle = 2.0\n\
-         [features]\nboolean = []\ncategorical = []\nhour_of_day = false\nday_of_week = false\n\
+         [features]\nboolean = []\ncategorical = []\nhour_of_day = false\nday_of_week = false\nhour_bins = []\n\
          [features.history]\ncount_in_window = false\namount_vs_mean = false\nseconds_since_previous = false\n\
          new_country = false\n"
     );

@@ -4,8 +4,8 @@
 //! `train` and `score` feed the same order and get the same values.
 //!
 //! Memory: per account, its id, running count and sum of amounts, last event time, the
-//! countries seen, and the times of its events inside the window: about 100 bytes plus 8 per
-//! event in the window.
+//! countries seen with their counts, and the times of its events inside the window: about
+//! 100 bytes plus 8 per event in the window and 30 per country.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -20,7 +20,8 @@ struct Account {
     amounts: u64,
     sum: f64,
     last: Option<i64>,
-    countries: Vec<String>,
+    /// Each country seen, with its number of events, in the order first seen.
+    countries: Vec<(String, u64)>,
 }
 
 /// What an account's earlier events say about the current one.
@@ -33,8 +34,13 @@ pub struct Seen {
     /// `ln(1 + seconds since the previous event)`, the gap capped at 30 days (also for a first
     /// event) and at 0 for an event older than the previous one.
     pub log_seconds_since_previous: f64,
+    /// µs since the previous event (0 for an event older than it); None for a first event.
+    pub since_previous_us: Option<i64>,
     /// The account had events before, none from this country.
     pub new_country: bool,
+    /// The account had events with a country before, and this country is not the one it used
+    /// most (ties: the one seen first).
+    pub unusual_country: bool,
 }
 
 /// The history of every account seen so far.
@@ -78,7 +84,13 @@ impl History {
             _ => 0.0,
         };
         let gap = a.last.map_or(GAP_CAP_S, |l| ((t - l) as f64 / 1e6).clamp(0.0, GAP_CAP_S));
-        let new_country = a.count > 0 && country.is_some_and(|c| !a.countries.iter().any(|s| s == c));
+        let since_previous_us = a.last.map(|l| t.saturating_sub(l).max(0));
+        let new_country = a.count > 0 && country.is_some_and(|c| !a.countries.iter().any(|(s, _)| s == c));
+        let usual = a.countries.iter().fold(None::<&(String, u64)>, |best, e| match best {
+            Some(b) if b.1 >= e.1 => Some(b),
+            _ => Some(e),
+        });
+        let unusual_country = matches!((country, usual), (Some(c), Some((u, _))) if c != u);
         // Then the event joins the history.
         a.count += 1;
         if let Some(x) = amount {
@@ -86,10 +98,11 @@ impl History {
             a.sum += x.max(0.0);
         }
         a.last = Some(t);
-        if let Some(c) = country
-            && !a.countries.iter().any(|s| s == c)
-        {
-            a.countries.push(c.to_string());
+        if let Some(c) = country {
+            match a.countries.iter_mut().find(|(s, _)| s == c) {
+                Some((_, n)) => *n += 1,
+                None => a.countries.push((c.to_string(), 1)),
+            }
         }
         a.newest = a.newest.max(t);
         a.times.push_back(t);
@@ -97,7 +110,14 @@ impl History {
         while a.times.front().is_some_and(|&s| s <= keep_from) {
             a.times.pop_front();
         }
-        Seen { in_window, amount_vs_mean, log_seconds_since_previous: gap.ln_1p(), new_country }
+        Seen {
+            in_window,
+            amount_vs_mean,
+            log_seconds_since_previous: gap.ln_1p(),
+            since_previous_us,
+            new_country,
+            unusual_country,
+        }
     }
 }
 
@@ -117,19 +137,29 @@ mod tests {
                 in_window: 0,
                 amount_vs_mean: 0.0,
                 log_seconds_since_previous: GAP_CAP_S.ln_1p(),
-                new_country: false
+                since_previous_us: None,
+                new_country: false,
+                unusual_country: false
             }
         );
         let second = h.observe("a", 160 * S, Some(32.0), Some("DE"), 3_600 * S);
         assert_eq!(second.in_window, 1);
         assert!((second.amount_vs_mean - (33.0f64 / 11.0).ln()).abs() < 1e-12);
         assert!((second.log_seconds_since_previous - 60f64.ln_1p()).abs() < 1e-12);
-        assert!(second.new_country);
+        assert_eq!(second.since_previous_us, Some(60 * S));
+        assert!(second.new_country && second.unusual_country);
         // Another account knows nothing of the first.
         assert_eq!(h.observe("b", 170 * S, Some(1.0), Some("DE"), 3_600 * S).in_window, 0);
         // Two hours later the window is empty again; DE is not new any more.
         let later = h.observe("a", 7_400 * S, None, Some("DE"), 3_600 * S);
         assert_eq!((later.in_window, later.new_country), (0, false));
+        // FR and DE once each: FR, seen first, is the usual one, so DE is still unusual.
+        assert!(later.unusual_country);
+        // Now DE twice: FR becomes the unusual one.
+        assert!(h.observe("a", 7_500 * S, None, Some("FR"), 3_600 * S).unusual_country);
+        // FR twice, DE twice: a tie, FR seen first is usual; then DE three times is.
+        assert!(h.observe("a", 7_600 * S, None, Some("DE"), 3_600 * S).unusual_country);
+        assert!(!h.observe("a", 7_700 * S, None, Some("DE"), 3_600 * S).unusual_country);
         assert!((later.amount_vs_mean).abs() < 1e-12, "no amount: 0");
         assert_eq!(h.len(), 2);
     }

@@ -50,6 +50,9 @@ pub struct FittedFeatures {
     pub boolean: Vec<String>,
     pub hour_of_day: bool,
     pub day_of_week: bool,
+    /// Parts of the day, one-hot (absent in models of earlier releases: none).
+    #[serde(default)]
+    pub hour_bins: Vec<u32>,
     /// The history settings as configured (None: no history features).
     pub history: Option<HistoryFeatures>,
 }
@@ -206,6 +209,13 @@ impl Fitter<'_> {
         if spec.config.day_of_week {
             names.extend([format!("{time}_weekday_sin"), format!("{time}_weekday_cos")]);
         }
+        if !spec.config.hour_bins.is_empty() {
+            let mut from = 0;
+            for &to in spec.config.hour_bins.iter().chain([24].iter()) {
+                names.push(format!("{time}_hours_{from}_{to}"));
+                from = to;
+            }
+        }
         let h = &spec.config.history;
         let history = spec.history.as_ref().map(|_| {
             for (on, name) in [
@@ -213,10 +223,15 @@ impl Fitter<'_> {
                 (h.amount_vs_mean, "account_amount_vs_mean".to_string()),
                 (h.seconds_since_previous, "account_log_seconds_since_previous".to_string()),
                 (h.new_country, "account_new_country".to_string()),
+                (h.amount_over_mean, "account_amount_over_mean".to_string()),
+                (h.unusual_country, "account_unusual_country".to_string()),
             ] {
                 if on {
                     names.push(name);
                 }
+            }
+            if let Some(d) = &h.previous_within {
+                names.push(format!("account_previous_within_{d}"));
             }
             h.clone()
         });
@@ -227,6 +242,7 @@ impl Fitter<'_> {
             boolean,
             hour_of_day: spec.config.hour_of_day,
             day_of_week: spec.config.day_of_week,
+            hour_bins: spec.config.hour_bins.clone(),
             history,
         }
     }
@@ -255,6 +271,7 @@ impl FittedFeatures {
             boolean: self.boolean.clone(),
             hour_of_day: self.hour_of_day,
             day_of_week: self.day_of_week,
+            hour_bins: self.hour_bins.clone(),
             history: self.history.clone().unwrap_or_default(),
         };
         let spec = config.validate(schema)?;
@@ -292,16 +309,46 @@ impl Features {
             + f.boolean.len()
             + 2 * usize::from(f.hour_of_day)
             + 2 * usize::from(f.day_of_week)
+            + if f.hour_bins.is_empty() { 0 } else { f.hour_bins.len() + 1 }
             + f.history.as_ref().map_or(0, |h| {
-                [h.count_in_window, h.amount_vs_mean, h.seconds_since_previous, h.new_country]
-                    .iter()
-                    .filter(|b| **b)
-                    .count()
+                [
+                    h.count_in_window,
+                    h.amount_vs_mean,
+                    h.seconds_since_previous,
+                    h.new_country,
+                    h.amount_over_mean,
+                    h.unusual_country,
+                    h.previous_within.is_some(),
+                ]
+                .iter()
+                .filter(|b| **b)
+                .count()
             })
     }
 
     pub fn names(&self) -> &[String] {
         &self.fitted.names
+    }
+
+    /// The positions in a row of each categorical feature's one-hot columns (its top values,
+    /// then "other"): exactly one of them is 1 in every row.
+    pub fn one_hot_groups(&self) -> Vec<std::ops::Range<usize>> {
+        let f = &self.fitted;
+        let mut start = f.numeric.len();
+        let mut groups: Vec<std::ops::Range<usize>> = f
+            .categorical
+            .iter()
+            .map(|c| {
+                let group = start..start + c.values.len() + 1;
+                start = group.end;
+                group
+            })
+            .collect();
+        if !f.hour_bins.is_empty() {
+            start += f.boolean.len() + 2 * usize::from(f.hour_of_day) + 2 * usize::from(f.day_of_week);
+            groups.push(start..start + f.hour_bins.len() + 1);
+        }
+        groups
     }
 
     /// The features of one event into `out` (`width()` values), then the event into the
@@ -347,6 +394,13 @@ impl Features {
             put(a.sin());
             put(a.cos());
         }
+        if !self.fitted.hour_bins.is_empty() {
+            let hour = t.div_euclid(US_PER_HOUR as i64).rem_euclid(24) as u32;
+            let part = self.fitted.hour_bins.iter().filter(|&&b| b <= hour).count();
+            for k in 0..=self.fitted.hour_bins.len() {
+                put(if k == part { 1.0 } else { 0.0 });
+            }
+        }
         if let (Some(spec), Some(h)) = (&self.history, &self.fitted.history) {
             let account = values[spec.account].as_str().unwrap_or("");
             let amount = spec.amount.and_then(|i| as_f64(&values[i]));
@@ -363,6 +417,15 @@ impl Features {
             }
             if h.new_country {
                 put(if seen.new_country { 1.0 } else { 0.0 });
+            }
+            if h.amount_over_mean {
+                put(seen.amount_vs_mean.max(0.0));
+            }
+            if h.unusual_country {
+                put(if seen.unusual_country { 1.0 } else { 0.0 });
+            }
+            if let Some(within) = spec.previous_within_us {
+                put(if seen.since_previous_us.is_some_and(|g| g < within) { 1.0 } else { 0.0 });
             }
         }
     }

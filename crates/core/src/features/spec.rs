@@ -55,9 +55,9 @@ fn default_top_k() -> usize {
 pub struct HistoryFeatures {
     /// The field naming the account (default: the schema's Kafka key field).
     pub account_field: Option<String>,
-    /// The amount field (`amount_vs_mean`).
+    /// The amount field (`amount_vs_mean`, `amount_over_mean`).
     pub amount_field: Option<String>,
-    /// The country field (`new_country`).
+    /// The country field (`new_country`, `unusual_country`).
     pub country_field: Option<String>,
     /// The window of `count_in_window`, as a duration (`1h`, `24h`).
     pub window: String,
@@ -69,6 +69,30 @@ pub struct HistoryFeatures {
     pub seconds_since_previous: bool,
     /// 1 when the account had events before and none from this country.
     pub new_country: bool,
+    /// `max(0, amount_vs_mean)`: only amounts above the account's mean (beside
+    /// `amount_vs_mean`, a model weighs amounts above and below the mean differently).
+    pub amount_over_mean: bool,
+    /// 1 when the country is not the one the account used most so far (0 for a first event):
+    /// away from home, also when that country was seen before.
+    pub unusual_country: bool,
+    /// A duration (`5m`): 1 when the account's previous event is less than this earlier, as in
+    /// a burst of payments with a stolen card (a step that `seconds_since_previous` alone, a
+    /// straight line in its logarithm, cannot draw). Absent: no such feature.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_within: Option<String>,
+}
+
+impl HistoryFeatures {
+    /// Whether any history feature is asked for.
+    pub fn any(&self) -> bool {
+        self.count_in_window
+            || self.amount_vs_mean
+            || self.seconds_since_previous
+            || self.new_country
+            || self.amount_over_mean
+            || self.unusual_country
+            || self.previous_within.is_some()
+    }
 }
 
 impl Default for HistoryFeatures {
@@ -82,6 +106,9 @@ impl Default for HistoryFeatures {
             amount_vs_mean: false,
             seconds_since_previous: false,
             new_country: false,
+            amount_over_mean: false,
+            unusual_country: false,
+            previous_within: None,
         }
     }
 }
@@ -98,6 +125,10 @@ pub struct FeatureConfig {
     pub hour_of_day: bool,
     /// Cyclical day of week (sin, cos) of the event time, UTC.
     pub day_of_week: bool,
+    /// Parts of the day, one-hot: the hours (UTC) where a part ends and the next begins, in
+    /// increasing order within 1–23 (`[6, 12, 18]`: night, morning, afternoon, evening). Unlike
+    /// the cyclical hour, a part can carry a risk of its own. Empty: none.
+    pub hour_bins: Vec<u32>,
     pub history: HistoryFeatures,
 }
 
@@ -118,6 +149,7 @@ impl Default for FeatureConfig {
             boolean: Vec::new(),
             hour_of_day: true,
             day_of_week: true,
+            hour_bins: vec![6, 12, 18],
             history: HistoryFeatures {
                 amount_field: Some("amount".into()),
                 country_field: Some("country".into()),
@@ -125,6 +157,9 @@ impl Default for FeatureConfig {
                 amount_vs_mean: true,
                 seconds_since_previous: true,
                 new_country: true,
+                amount_over_mean: true,
+                unusual_country: true,
+                previous_within: Some("5m".into()),
                 ..HistoryFeatures::default()
             },
         }
@@ -149,6 +184,8 @@ pub struct HistorySpec {
     pub amount: Option<usize>,
     pub country: Option<usize>,
     pub window_us: i64,
+    /// `previous_within`, in µs.
+    pub previous_within_us: Option<i64>,
 }
 
 impl FeatureConfig {
@@ -209,8 +246,16 @@ impl FeatureConfig {
             .map(|b| find("features.boolean", b, &[FieldType::Boolean], "a boolean field"))
             .collect::<Result<Vec<_>>>()?;
         let h = &self.history;
-        let wanted = h.count_in_window || h.amount_vs_mean || h.seconds_since_previous || h.new_country;
-        let history = if wanted {
+        if self.hour_bins.iter().any(|&b| !(1..=23).contains(&b))
+            || self.hour_bins.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(Error::config(
+                "features.hour_bins",
+                format!("{:?}", self.hour_bins),
+                "hours from 1 to 23 in increasing order, such as [6, 12, 18]",
+            ));
+        }
+        let history = if h.any() {
             let account_name = match (&h.account_field, schema.key_index()) {
                 (Some(name), _) => name.clone(),
                 (None, Some(k)) => schema.fields()[k].name.clone(),
@@ -228,7 +273,7 @@ impl FeatureConfig {
                 &[FieldType::String],
                 "a string field",
             )?;
-            let amount = match (&h.amount_field, h.amount_vs_mean) {
+            let amount = match (&h.amount_field, h.amount_vs_mean || h.amount_over_mean) {
                 (Some(a), true) => Some(find(
                     "features.history.amount_field",
                     a,
@@ -239,12 +284,12 @@ impl FeatureConfig {
                     return Err(Error::config(
                         "features.history.amount_field",
                         "",
-                        "the amount field, for amount_vs_mean",
+                        "the amount field, for amount_vs_mean and amount_over_mean",
                     ));
                 }
                 _ => None,
             };
-            let country = match (&h.country_field, h.new_country) {
+            let country = match (&h.country_field, h.new_country || h.unusual_country) {
                 (Some(c), true) => {
                     Some(find("features.history.country_field", c, &[FieldType::String], "a string field")?)
                 }
@@ -252,7 +297,7 @@ impl FeatureConfig {
                     return Err(Error::config(
                         "features.history.country_field",
                         "",
-                        "the country field, for new_country",
+                        "the country field, for new_country and unusual_country",
                     ));
                 }
                 _ => None,
@@ -260,7 +305,13 @@ impl FeatureConfig {
             let window_us = parse_duration_us(&h.window).filter(|&us| us > 0).ok_or_else(|| {
                 Error::config("features.history.window", &h.window, "a positive duration such as 1h")
             })?;
-            Some(HistorySpec { account, amount, country, window_us })
+            let previous_within_us = match &h.previous_within {
+                Some(d) => Some(parse_duration_us(d).filter(|&us| us > 0).ok_or_else(|| {
+                    Error::config("features.history.previous_within", d, "a positive duration such as 5m")
+                })?),
+                None => None,
+            };
+            Some(HistorySpec { account, amount, country, window_us, previous_within_us })
         } else {
             None
         };
@@ -269,6 +320,7 @@ impl FeatureConfig {
             && boolean.is_empty()
             && !self.hour_of_day
             && !self.day_of_week
+            && self.hour_bins.is_empty()
             && history.is_none()
         {
             return Err(Error::config("features", "(none)", "at least one feature"));

@@ -49,12 +49,20 @@ fn the_default_features_fit_name_and_compute() {
             "event_time_hour_cos",
             "event_time_weekday_sin",
             "event_time_weekday_cos",
+            "event_time_hours_0_6",
+            "event_time_hours_6_12",
+            "event_time_hours_12_18",
+            "event_time_hours_18_24",
             "account_events_in_1h",
             "account_amount_vs_mean",
             "account_log_seconds_since_previous",
             "account_new_country",
+            "account_amount_over_mean",
+            "account_unusual_country",
+            "account_previous_within_5m",
         ]
     );
+    assert_eq!(features.one_hot_groups(), [1..4, 4..6, 10..14]);
     let mut history = History::new();
     let mut out = vec![0f32; features.width()];
     features.row(&rows[0], &mut history, &mut out);
@@ -65,10 +73,20 @@ fn the_default_features_fit_name_and_compute() {
     let hour = std::f64::consts::TAU * 6.5 / 24.0;
     assert_eq!((out[6], out[7]), (hour.sin() as f32, hour.cos() as f32));
     assert_eq!((out[8], out[9]), (0.0, 1.0));
-    assert_eq!(out[10], 1.0, "one earlier event of the account within the hour");
-    assert_eq!(out[11], (31f64 / 11.0).ln() as f32);
-    assert_eq!(out[12], 1800f64.ln_1p() as f32);
-    assert_eq!(out[13], 1.0, "DE is new for account a");
+    assert_eq!(&out[10..14], &[0.0, 1.0, 0.0, 0.0], "06:30 is in the 6-12 part");
+    assert_eq!(out[14], 1.0, "one earlier event of the account within the hour");
+    assert_eq!(out[15], (31f64 / 11.0).ln() as f32);
+    assert_eq!(out[16], 1800f64.ln_1p() as f32);
+    assert_eq!(out[17], 1.0, "DE is new for account a");
+    assert_eq!(out[18], out[15], "above the mean: the same as amount_vs_mean");
+    assert_eq!(out[19], 1.0, "FR is account a's usual country");
+    assert_eq!(out[20], 0.0, "30 minutes after its previous event");
+    features.row(&rows[2], &mut history, &mut out);
+    assert_eq!(&out[10..14], &[0.0, 0.0, 0.0, 1.0], "18:00 begins the last part");
+    assert_eq!((out[18], out[19], out[20]), (0.0, 0.0, 0.0), "a first event: nothing to compare with");
+    let soon = self::rows(&schema, &[&event("5", "b", "travel", 50.0, "FR", "2026-11-02T18:04:59Z")]);
+    features.row(&soon[0], &mut history, &mut out);
+    assert_eq!(out[20], 1.0, "4 min 59 s after the previous event of b");
     // A value not in the fitted top values goes to "other".
     let unseen = self::rows(&schema, &[&event("4", "c", "jewelry", 1.0, "FR", "2026-11-02T06:00:00Z")]);
     features.row(&unseen[0], &mut history, &mut out);
@@ -118,6 +136,11 @@ fn a_spec_that_does_not_fit_the_schema_names_its_key() {
     assert!(e.contains("features.categorical.field") && e.contains("a string field"), "{e}");
     assert!(bad(|c| c.boolean = vec!["is_fraud".into()]).contains("other than the label"));
     assert!(bad(|c| c.history.window = "soon".into()).contains("features.history.window"));
+    assert!(bad(|c| c.hour_bins = vec![12, 6]).contains("features.hour_bins"));
+    assert!(bad(|c| c.hour_bins = vec![0]).contains("features.hour_bins"));
+    assert!(
+        bad(|c| c.history.previous_within = Some("0s".into())).contains("features.history.previous_within")
+    );
     assert!(bad(|c| c.categorical[0].top_k = 0).contains("features.categorical.top_k"));
     assert!(bad(|c| c.numeric[0].clip = Some([3.0, 1.0])).contains("features.numeric.clip"));
 }
@@ -163,6 +186,7 @@ fn events_of_another_shape_need_only_config() {
         boolean: vec![],
         hour_of_day: false,
         day_of_week: false,
+        hour_bins: vec![],
         history: HistoryFeatures::default(),
     };
     let spec = config.validate(&schema).unwrap();
