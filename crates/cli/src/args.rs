@@ -176,6 +176,9 @@ pub struct TrainArgs {
     /// exits 0.
     #[arg(long, env = "TXPIPE_EVERY", value_name = "DURATION")]
     pub every: Option<String>,
+    /// Also write the feature matrix (every slice, with labels) to this Parquet file.
+    #[arg(long, env = "TXPIPE_EXPORT_FEATURES", value_name = "FILE")]
+    pub export_features: Option<String>,
 }
 
 #[derive(Debug, Args, Default)]

@@ -195,6 +195,9 @@ impl Config {
             self.train.version = a.delta_version;
         }
         self.train.force |= a.force;
+        if a.export_features.is_some() {
+            self.train.export_features = a.export_features.clone();
+        }
     }
 
     /// Puts the score flags (and environment) over the file.

@@ -79,8 +79,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(dir) = out {
         std::fs::create_dir_all(dir)?;
         let mut bytes = Vec::with_capacity(rows * COLS * 4);
+        let mut scratch = Vec::new();
         for j in 0..COLS {
-            for v in x.column(j) {
+            for v in x.column_values(j, 0..rows, &mut scratch) {
                 bytes.extend_from_slice(&v.to_le_bytes());
             }
         }

@@ -53,4 +53,15 @@ impl JobError {
     }
 }
 
+/// The process's resident memory and its peak so far, in bytes (Linux; None elsewhere).
+pub fn memory() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+    };
+    Some((kb("VmRSS:")? << 10, kb("VmHWM:")? << 10))
+}
+
 pub type Result<T, E = JobError> = std::result::Result<T, E>;

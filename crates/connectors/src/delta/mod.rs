@@ -14,6 +14,8 @@ pub use config::TablesConfig;
 pub use deltalake::arrow;
 /// A data file's `add` action, as a written batch hands it to its commit.
 pub use deltalake::kernel::Add;
+/// The Parquet version delta-rs is built with, for callers that write files of their own.
+pub use deltalake::parquet;
 pub use maintenance::{CompactReport, compact, vacuum};
 pub use read::{DataFile, Projection, data_files, read_columns, read_file, read_rows, string_values};
 pub use rows::{CleanRows, EVENT_DATE, QuarantineRows, arrow_type, clean_schema, quarantine_schema};

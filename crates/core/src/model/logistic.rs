@@ -120,8 +120,9 @@ impl LogisticModel {
         let mut z = vec![self.intercept; x.rows()];
         z.par_chunks_mut(BLOCK).enumerate().for_each(|(k, block)| {
             let start = k * BLOCK;
+            let mut scratch = Vec::new();
             for (j, &c) in self.coefficients.iter().enumerate().take(x.cols()) {
-                let column = &x.column(j)[start..start + block.len()];
+                let column = x.column_values(j, start..start + block.len(), &mut scratch);
                 for (zi, &v) in block.iter_mut().zip(column) {
                     *zi += c * v as f64;
                 }
@@ -303,12 +304,29 @@ pub fn fit(x: &Matrix, y: &[u8], options: &FitOptions) -> Result<LogisticModel, 
 
 /// Per column, the mean and the (population) standard deviation; 1 for a constant column.
 fn standardisation(x: &Matrix) -> (Vec<f64>, Vec<f64>) {
+    const CHUNK: usize = 1 << 16;
     let n = x.rows() as f64;
+    let mut scratch = Vec::new();
     (0..x.cols())
         .map(|j| {
-            let c = x.column(j);
-            let mean = c.iter().map(|&v| v as f64).sum::<f64>() / n;
-            let var = c.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            // Sums in row order, a chunk at a time (a one-hot column is expanded chunk by chunk).
+            let (mut sum, mut from) = (0.0, 0);
+            while from < x.rows() {
+                let to = (from + CHUNK).min(x.rows());
+                sum = x.column_values(j, from..to, &mut scratch).iter().fold(sum, |a, &v| a + v as f64);
+                from = to;
+            }
+            let mean = sum / n;
+            let (mut var, mut from) = (0.0, 0);
+            while from < x.rows() {
+                let to = (from + CHUNK).min(x.rows());
+                var = x
+                    .column_values(j, from..to, &mut scratch)
+                    .iter()
+                    .fold(var, |a, &v| a + (v as f64 - mean).powi(2));
+                from = to;
+            }
+            let var = var / n;
             let std = var.sqrt();
             (mean, if std > 1e-12 { std } else { 1.0 })
         })
@@ -329,10 +347,11 @@ fn block_sums(
     // The block's standardised columns, and the linear score of each row.
     let mut xb = vec![0.0f64; d * len];
     let mut z = vec![beta[d]; len];
+    let mut scratch = Vec::new();
     for j in 0..d {
         let (m, s, bj) = (means[j], stds[j], beta[j]);
         let col = &mut xb[j * len..(j + 1) * len];
-        for (out, &v) in col.iter_mut().zip(&x.column(j)[rows.clone()]) {
+        for (out, &v) in col.iter_mut().zip(x.column_values(j, rows.clone(), &mut scratch)) {
             *out = (v as f64 - m) / s;
         }
         for (zi, &v) in z.iter_mut().zip(col.iter()) {
@@ -505,12 +524,41 @@ mod tests {
 
     #[test]
     fn a_constant_column_and_strong_l2_are_handled() {
-        let (mut x, y) = known(5_000, &[1.0, 1.0], &[1.0, 1.0], 0.0, 10);
-        x.column_mut(1).iter_mut().for_each(|v| *v = 3.0);
+        let (x, y) = known(5_000, &[1.0, 1.0], &[1.0, 1.0], 0.0, 10);
+        let mut scratch = Vec::new();
+        let x =
+            Matrix::from_columns(vec![x.column_values(0, 0..5_000, &mut scratch).to_vec(), vec![3.0; 5_000]]);
         let m = fit(&x, &y, &FitOptions::default()).unwrap();
         assert_eq!(m.coefficients[1], 0.0);
         let strong = fit(&x, &y, &FitOptions { l2: 1e9, ..FitOptions::default() }).unwrap();
         assert!(strong.coefficients[0].abs() < 1e-4, "{strong:?}");
+    }
+
+    #[test]
+    fn one_hot_groups_kept_as_codes_fit_and_score_bit_for_bit_as_dense_columns() {
+        use crate::model::MatrixBuilder;
+        let (x, y) = known(20_000, &[1.0, 2.0], &[0.7, -0.4], -2.0, 11);
+        // Two numeric columns, then a one-hot group of 4 that moves the odds of its category.
+        let mut rows = Vec::new();
+        let mut labels = Vec::new();
+        for (i, &label) in y.iter().enumerate() {
+            let category = (i * 7 + usize::from(label) * (i % 3)) % 4;
+            let mut row = vec![x.get(i, 0), x.get(i, 1), 0.0, 0.0, 0.0, 0.0];
+            row[2 + category] = 1.0;
+            rows.push(row);
+            labels.push(label);
+        }
+        let mut built = MatrixBuilder::new(6, std::slice::from_ref(&(2..6)), rows.len());
+        rows.iter().for_each(|r| built.push(r));
+        let compact = built.finish();
+        let dense = Matrix::from_columns((0..6).map(|j| rows.iter().map(|r| r[j]).collect()).collect());
+        let options = FitOptions { class_weight: ClassWeight::Balanced, ..FitOptions::default() };
+        let (a, b) = (fit(&compact, &labels, &options).unwrap(), fit(&dense, &labels, &options).unwrap());
+        assert_eq!(a, b);
+        assert!(a.coefficients[2..].iter().any(|c| c.abs() > 1e-3), "{a:?}");
+        let (pa, pb) = (a.probabilities(&compact), a.probabilities(&dense));
+        assert_eq!(pa, pb);
+        assert_eq!(pa[7], a.probability(&rows[7]));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The model: a dense feature matrix, logistic regression (fit and score), and the measures of
+//! The model: a column-major feature matrix, logistic regression (fit and score), and the measures of
 //! how good its probabilities are.
 
 pub mod artifact;
@@ -10,6 +10,6 @@ pub mod scorer;
 
 pub use artifact::{HyperParameters, Lineage, Metrics, ModelArtifact};
 pub use logistic::{ClassWeight, FitError, FitOptions, LogisticModel, Reasons, fit, sigmoid};
-pub use matrix::Matrix;
+pub use matrix::{Matrix, MatrixBuilder};
 pub use metrics::{AtThreshold, Evaluation, ThresholdTarget, choose_threshold, evaluate};
 pub use scorer::{Scored, Scorer};

@@ -11,6 +11,7 @@
 //! rows in table order, as `score` computes them.
 
 pub mod batch;
+pub mod export;
 pub mod report;
 pub(crate) mod rows;
 
@@ -21,7 +22,8 @@ use txpipe_connectors::delta::{self, TablesConfig};
 use txpipe_core::Error as ConfigError;
 use txpipe_core::features::{FeatureConfig, History};
 use txpipe_core::model::{
-    self, ClassWeight, FitOptions, HyperParameters, Lineage, Matrix, Metrics, ModelArtifact, ThresholdTarget,
+    self, ClassWeight, FitOptions, HyperParameters, Lineage, MatrixBuilder, Metrics, ModelArtifact,
+    ThresholdTarget,
 };
 use txpipe_core::schema::Schema;
 
@@ -55,6 +57,9 @@ pub struct TrainConfig {
     pub force: bool,
     /// Data files read at once.
     pub read_parallelism: usize,
+    /// Also write the feature matrix of the run (every slice, with labels) to this Parquet
+    /// file (see [`export`]).
+    pub export_features: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -71,6 +76,7 @@ impl Default for TrainConfig {
             max_auc_drop: 0.02,
             force: false,
             read_parallelism: 4,
+            export_features: None,
         }
     }
 }
@@ -124,6 +130,18 @@ impl TrainConfig {
         if self.read_parallelism == 0 {
             return Err(ConfigError::config("train.read_parallelism", 0, "at least 1"));
         }
+        if let Some(path) = &self.export_features {
+            let p = std::path::Path::new(path);
+            let parent =
+                p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            if p.file_name().is_none() || !parent.is_dir() {
+                return Err(ConfigError::config(
+                    "train.export_features",
+                    path,
+                    "a file path in an existing directory (a .parquet file)",
+                ));
+            }
+        }
         Ok(TrainSettings {
             config: self.clone(),
             target,
@@ -170,6 +188,16 @@ pub struct TrainReport {
 /// A run that cannot train: no model is published.
 fn refuse(why: impl Into<String>) -> JobError {
     JobError::Refused(why.into())
+}
+
+/// Logs a stage's time and the process's memory after it (resident now, and the peak so far).
+fn stage_done(stage: &str, seconds: f64) {
+    match crate::memory() {
+        Some((rss, peak)) => {
+            tracing::info!(stage, seconds, rss_mb = rss >> 20, peak_rss_mb = peak >> 20, "train stage done")
+        }
+        None => tracing::info!(stage, seconds, "train stage done"),
+    }
 }
 
 /// The value at quantile `q` of sorted `times`.
@@ -284,6 +312,7 @@ fn train_on(
         )));
     }
     report.read_s = started.elapsed().as_secs_f64();
+    stage_done("read", report.read_s);
 
     // Slices by event time.
     progress.set_message(format!("features of {} rows", rows.order.len()));
@@ -325,27 +354,25 @@ fn train_on(
             sizes[slice_of(rows.time_of(r))] += 1;
         }
     }
-    let mut slices: [(Vec<Vec<f32>>, Vec<u8>); 3] = Default::default();
-    for ((columns, labels), &n) in slices.iter_mut().zip(&sizes) {
-        *columns = (0..width).map(|_| Vec::with_capacity(n)).collect();
-        *labels = Vec::with_capacity(n);
-    }
+    // A categorical feature's one-hot columns are kept as one code per row (see `Matrix`).
+    let groups = features.one_hot_groups();
+    let mut slices: [(MatrixBuilder, Vec<u8>); 3] =
+        sizes.map(|n| (MatrixBuilder::new(width, &groups, n), Vec::with_capacity(n)));
     let mut history = History::new();
     let mut out = vec![0f32; width];
     for &r in &rows.order {
         rows.values_into(r, &mut values);
         features.row(&values, &mut history, &mut out);
         if let Some(y) = rows.label_of(r) {
-            let (columns, labels) = &mut slices[slice_of(rows.time_of(r))];
-            for (col, &v) in columns.iter_mut().zip(&out) {
-                col.push(v);
-            }
+            let (matrix, labels) = &mut slices[slice_of(rows.time_of(r))];
+            matrix.push(&out);
             labels.push(u8::from(y));
         }
     }
     drop(history);
     drop(rows);
     report.features_s = started.elapsed().as_secs_f64();
+    stage_done("features", report.features_s);
     let names = ["fitted", "validation", "held-out"];
     for (name, (_, y)) in names.iter().zip(&slices) {
         let positives = y.iter().filter(|&&v| v == 1).count();
@@ -371,9 +398,17 @@ fn train_on(
 
     progress.set_message(format!("fitting on {} rows", slices[0].1.len()));
     let started = Instant::now();
-    let [train, validation, holdout] = slices.map(|(columns, y)| (Matrix::from_columns(columns), y));
+    let [train, validation, holdout] = slices.map(|(matrix, y)| (matrix.finish(), y));
+    if let Some(path) = &c.export_features {
+        progress.set_message(format!("writing the features to {path}"));
+        let slices =
+            [(&train.0, &train.1[..]), (&validation.0, &validation.1[..]), (&holdout.0, &holdout.1[..])];
+        export::write(std::path::Path::new(path), features.names(), slices)?;
+        tracing::info!(path, "feature matrix written");
+    }
     let lr = model::fit(&train.0, &train.1, &settings.fit).map_err(|e| refuse(e.to_string()))?;
     report.fit_s = started.elapsed().as_secs_f64();
+    stage_done("fit", report.fit_s);
 
     let started = Instant::now();
     progress.set_message("evaluating");
@@ -386,6 +421,7 @@ fn train_on(
         holdout: model::evaluate(&ph, &holdout.1, chosen.threshold),
     };
     report.evaluate_s = started.elapsed().as_secs_f64();
+    stage_done("evaluate", report.evaluate_s);
     report.holdout_auc = metrics.holdout.auc_roc;
     report.holdout_auc_pr = metrics.holdout.auc_pr;
     report.threshold = chosen.threshold;
@@ -445,6 +481,7 @@ fn train_on(
     })?;
     report.report_path = Some(dir.join(report::REPORT_FILE).display().to_string());
     report.publish_s = started.elapsed().as_secs_f64();
+    stage_done("publish", report.publish_s);
     tracing::info!(version = %id, dir = %dir.display(), auc, "model published");
     report.published = Some(id);
     Ok(report)
