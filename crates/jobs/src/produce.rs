@@ -206,24 +206,32 @@ pub async fn run(job: ProduceJob, shutdown: Shutdown) -> Result<ProduceReport> {
         }
         None => None,
     };
-    let generator = if job.settings.start_now {
-        // Connecting took a while: the clock starts now.
+    // Connecting took a while: the clock starts now. Building the generator takes a while too
+    // (a big world of accounts: a good part of a second), so the pacing counts from the same
+    // instant as the event times, not from after the build.
+    let (generator, clock_start) = if job.settings.start_now {
+        let clock_start = Instant::now();
         let config = GeneratorConfig {
             start_us: chrono::Utc::now().timestamp_micros(),
             ..job.settings.generator.clone()
         };
-        Generator::new(&job.schema, config)?
+        (Generator::new(&job.schema, config)?, Some(clock_start))
     } else {
-        generator
+        (generator, None)
     };
     let settings = job.settings.clone();
-    tokio::task::spawn_blocking(move || produce_blocking(generator, sink, truth, &settings, &shutdown))
-        .await
-        .map_err(|e| JobError::Internal(format!("produce task: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        produce_blocking(generator, clock_start, sink, truth, &settings, &shutdown)
+    })
+    .await
+    .map_err(|e| JobError::Internal(format!("produce task: {e}")))?
 }
 
+/// `clock_start`: the instant the first event time stands for (events are sent on a schedule
+/// counted from it); None: from the first send.
 fn produce_blocking(
     mut generator: Generator,
+    clock_start: Option<Instant>,
     mut sink: Sink,
     mut truth: Option<(BufWriter<File>, PathBuf)>,
     settings: &ProduceSettings,
@@ -238,7 +246,7 @@ fn produce_blocking(
     );
     let (mut payload, mut key, mut line) = (Vec::with_capacity(512), Vec::with_capacity(32), Vec::new());
     let mut report = ProduceReport::default();
-    let started = Instant::now();
+    let started = clock_start.unwrap_or_else(Instant::now);
     const BATCH: u64 = 4096;
     for i in 0..count {
         if i % BATCH == 0 {
