@@ -46,7 +46,7 @@ pub struct Seen {
 /// The history of every account seen so far.
 #[derive(Debug, Default, Clone)]
 pub struct History {
-    accounts: HashMap<String, Account>,
+    accounts: HashMap<String, Account, foldhash::fast::RandomState>,
 }
 
 impl History {

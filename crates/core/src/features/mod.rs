@@ -62,7 +62,7 @@ pub struct FittedFeatures {
 pub struct Features {
     pub fitted: FittedFeatures,
     numeric: Vec<usize>,
-    categorical: Vec<(usize, HashMap<String, usize>)>,
+    categorical: Vec<(usize, HashMap<String, usize, foldhash::fast::RandomState>)>,
     boolean: Vec<usize>,
     time: usize,
     history: Option<HistorySpec>,
