@@ -289,6 +289,13 @@ fn run(cli: Cli) -> Result<()> {
                     _ => String::new(),
                 }
             );
+            if r.stopped_in_outage {
+                eprintln!(
+                    "stopped as asked while ClickHouse was unreachable: {} rows scored were not written; the next \
+                     start scores them again from the resume point",
+                    r.scored.saturating_sub(r.written)
+                );
+            }
             Ok(())
         }
     }

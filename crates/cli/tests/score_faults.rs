@@ -1,7 +1,8 @@
 //! `txpipe score` under faults, process by process, against the real services of
 //! `scripts/services`: killed with SIGKILL at random moments and restarted, and ClickHouse
-//! stopped for 30 s in the middle of a run. Either way, every transaction of the table is in
-//! `transactions_serving` exactly once, with a probability and a model version.
+//! stopped for 30 s in the middle of a run, or while score is asked to stop (SIGTERM, which it
+//! then obeys at once). Either way, every transaction of the table is in `transactions_serving`
+//! exactly once, with a probability and a model version.
 //!
 //! The table is written by `txpipe produce` and `txpipe ingest` (commits of 500 rows), the
 //! model by `txpipe train`; while score runs, more events are produced at 1,000 a second and
@@ -164,6 +165,61 @@ fn clickhouse_stopped_for_30_s_mid_run_loses_and_duplicates_nothing() {
     if std::env::var_os("TXPIPE_TEST_SHOW_LOGS").is_some() {
         eprintln!("{err}\n{}", std::fs::read_to_string(dir.path().join("ingest.log")).unwrap());
     }
+    assert_served_once(&database, 44_000);
+    clickhouse(&format!("DROP DATABASE {database}"));
+}
+
+/// Brings ClickHouse back up however the test ends, so that the tests after it find it.
+struct ClickHouseBackUp;
+
+impl Drop for ClickHouseBackUp {
+    fn drop(&mut self) {
+        services(&["up", "clickhouse"]);
+    }
+}
+
+#[test]
+fn sigterm_while_clickhouse_is_down_stops_score_and_a_restart_serves_every_transaction_once() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (dir, database, live) = setup("scoreterm", 40_000);
+    let log: PathBuf = dir.path().join("score.log");
+    let mut child = spawn(score(dir.path(), "30"), &log);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while clickhouse(&format!("SELECT count() FROM {database}.transactions_realtime")) == "0" {
+        assert!(Instant::now() < deadline, "score wrote nothing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let back_up = ClickHouseBackUp;
+    services(&["down", "clickhouse"]);
+    // Score is retrying an insert (events keep coming) when the stop is asked: a retry logged
+    // after ClickHouse is down (its shutdown may have failed one already).
+    let retries = || std::fs::read_to_string(&log).unwrap().matches("failed; retrying").count();
+    let before = retries();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while retries() <= before {
+        assert!(Instant::now() < deadline, "score never retried: {}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    // It stops while ClickHouse is still down, rather than waiting for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            child.kill().unwrap();
+            panic!("score did not stop on SIGTERM while ClickHouse was down");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("stopped as asked while ClickHouse was unreachable"), "{err}");
+    drop(back_up);
+    wait_all(live, "produce and ingest");
+    run_ok(score(dir.path(), "2"), "score after the outage");
     assert_served_once(&database, 44_000);
     clickhouse(&format!("DROP DATABASE {database}"));
 }

@@ -36,10 +36,23 @@ impl Backoff {
     }
 
     /// Runs `op` until it succeeds, fails for good, or the attempts are spent.
-    pub async fn retry<T, E, F, Fut>(
+    pub async fn retry<T, E, F, Fut>(&self, what: &str, retryable: impl Fn(&E) -> bool, op: F) -> Result<T, E>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.retry_while(what, retryable, || true, op).await
+    }
+
+    /// [`Backoff::retry`] that also gives up, with the last error, once `keep_going` says no
+    /// (asked after a failed attempt and every quarter of a second of a wait): a job asked to
+    /// stop while a service is away stops within that, not when the service is back.
+    pub async fn retry_while<T, E, F, Fut>(
         &self,
         what: &str,
         retryable: impl Fn(&E) -> bool,
+        keep_going: impl Fn() -> bool,
         mut op: F,
     ) -> Result<T, E>
     where
@@ -47,14 +60,25 @@ impl Backoff {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        const SLICE: Duration = Duration::from_millis(250);
         let mut attempt = 1;
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
-                Err(e) if retryable(&e) && !self.exhausted(attempt) => {
+                Err(e) if retryable(&e) && !self.exhausted(attempt) && keep_going() => {
                     let wait = self.delay(attempt);
                     tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, error = %e, "{what} failed; retrying");
-                    tokio::time::sleep(wait).await;
+                    let until = tokio::time::Instant::now() + wait;
+                    loop {
+                        let now = tokio::time::Instant::now();
+                        if now >= until {
+                            break;
+                        }
+                        tokio::time::sleep((until - now).min(SLICE)).await;
+                        if !keep_going() {
+                            return Err(e);
+                        }
+                    }
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -98,6 +122,42 @@ mod tests {
         let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1), attempts: 5 };
         let d: Vec<_> = (1..=6).map(|a| b.delay(a).as_millis()).collect();
         assert_eq!(d, [100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[tokio::test]
+    async fn retry_while_gives_up_with_the_last_error_when_told_to_stop_also_mid_wait() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        // For ever, but not once keep_going says no after a failed attempt.
+        let b = Backoff { initial: Duration::from_millis(1), max: Duration::from_millis(2), attempts: 0 };
+        let calls = AtomicU32::new(0);
+        let r: Result<(), String> = b
+            .retry_while(
+                "x",
+                |_| true,
+                || calls.load(Ordering::SeqCst) < 3,
+                || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async { Err("down".to_string()) }
+                },
+            )
+            .await;
+        assert_eq!((r.unwrap_err().as_str(), calls.load(Ordering::SeqCst)), ("down", 3));
+        // A wait of an hour is cut short when the stop comes during it.
+        let b = Backoff { initial: Duration::from_secs(3600), max: Duration::from_secs(3600), attempts: 0 };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        let attempt = || async { Err::<(), String>("down".to_string()) };
+        let waited = tokio::time::timeout(
+            Duration::from_secs(60),
+            b.retry_while("x", |_| true, || !stop.load(Ordering::SeqCst), attempt),
+        )
+        .await;
+        assert_eq!(waited.expect("the wait was not cut short").unwrap_err(), "down");
     }
 
     #[test]

@@ -166,6 +166,9 @@ pub struct ScoreJob {
 pub struct ScoreReport {
     /// Rows read from the table up to the resume point into the account history.
     pub restored: u64,
+    /// Stopped as asked while ClickHouse was away, with rows not written (scored again at the
+    /// next start).
+    pub stopped_in_outage: bool,
     pub scored: u64,
     /// Repeated transaction ids dropped.
     pub repeats: u64,
@@ -310,16 +313,41 @@ struct Pending {
     since: Option<Instant>,
 }
 
-/// Runs score until `shutdown` (or idle, with `exit_when_idle`).
+/// Runs score until `shutdown` (or idle, with `exit_when_idle`). Asked to stop while ClickHouse
+/// is away, it stops (within a quarter of a second of a wait) instead of waiting for ClickHouse:
+/// the rows not written are scored again at the next start, as the resume point did not move.
 pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
     let started = Instant::now();
     let mut report = ScoreReport::default();
+    match run_into(job, &shutdown, &mut report).await {
+        Ok(()) => Ok(report),
+        Err(JobError::ClickHouse(e)) if shutdown.is_triggered() && e.retryable() => {
+            tracing::warn!(
+                error = %e,
+                complete_through = ?report.complete_through,
+                "stopping as asked while ClickHouse is unreachable: rows scored since the resume point were not \
+                 written, and the next start scores them again"
+            );
+            report.stopped_in_outage = true;
+            report.elapsed_s = started.elapsed().as_secs_f64();
+            Ok(report)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) -> Result<()> {
+    let started = Instant::now();
+    let shutdown = shutdown.clone();
+    // Retries of ClickHouse give up once a stop is asked (see `run`).
+    let keep_going = || !shutdown.is_triggered();
+    let go: &dyn Fn() -> bool = &keep_going;
     let settings = &job.settings;
     let location = job.tables.clean.clone();
     let columns = Serving::columns_for(&job.schema, job.clickhouse.fields.as_deref())?;
     let serving = Serving::new(&job.clickhouse, columns);
     let retryable = ClickHouseError::retryable;
-    job.backoff.retry("creating the serving tables", retryable, || serving.ensure()).await?;
+    job.backoff.retry_while("creating the serving tables", retryable, go, || serving.ensure()).await?;
 
     // A model first: rows are not read before there is one to score them with.
     let mut current = Current {
@@ -332,14 +360,14 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
     let mut said = None::<Instant>;
     let waiting = Instant::now();
     let idle_over = |since: Instant| settings.exit_when_idle.is_some_and(|idle| since.elapsed() >= idle);
-    while !current.check(&job.schema, Duration::ZERO, &mut report) {
+    while !current.check(&job.schema, Duration::ZERO, &mut *report) {
         if shutdown.is_triggered() {
-            return Ok(report);
+            return Ok(());
         }
         if idle_over(waiting) {
             tracing::info!(model_dir = %job.model_dir, "no model published yet; stopping (exit-when-idle)");
             report.elapsed_s = started.elapsed().as_secs_f64();
-            return Ok(report);
+            return Ok(());
         }
         if said.is_none_or(|t| t.elapsed() >= settings.stats) {
             tracing::info!(model_dir = %job.model_dir, "no model published yet; waiting (rows are scored once one is)");
@@ -356,8 +384,10 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
     let mut tail = TableTail::new(&location, &job.tables.storage_options, &wanted, 0, settings.max_files);
 
     // Where to resume, and the history up to there.
-    let resume =
-        job.backoff.retry("reading score progress", retryable, || serving.progress(&location)).await?;
+    let resume = job
+        .backoff
+        .retry_while("reading score progress", retryable, go, || serving.progress(&location))
+        .await?;
     let mut said = None::<Instant>;
     let waiting = Instant::now();
     let table = loop {
@@ -365,12 +395,12 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
             break t;
         }
         if shutdown.is_triggered() {
-            return Ok(report);
+            return Ok(());
         }
         if idle_over(waiting) {
             tracing::info!(%location, "the clean table does not exist yet; stopping (exit-when-idle)");
             report.elapsed_s = started.elapsed().as_secs_f64();
-            return Ok(report);
+            return Ok(());
         }
         if said.is_none_or(|t| t.elapsed() >= settings.stats) {
             tracing::info!(%location, "the clean table does not exist yet; waiting");
@@ -444,7 +474,7 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
                 scored.map(|()| (scorer, history, recent, counts))
             });
             while let Some(chunk) = rx.recv().await {
-                insert(&serving, &job.backoff, &chunk, &mut report).await?;
+                insert(&serving, &job.backoff, go, &chunk, &mut *report).await?;
             }
             let (scorer, h, r, counts) =
                 work.await.map_err(|e| JobError::Internal(format!("the scoring task: {e}")))??;
@@ -452,7 +482,7 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
             report.scored += counts.scored;
             report.repeats += counts.repeats;
             job.backoff
-                .retry("recording progress", retryable, || serving.record_progress(&location, base))
+                .retry_while("recording progress", retryable, go, || serving.record_progress(&location, base))
                 .await?;
             report.complete_through = Some(base);
         } else {
@@ -481,7 +511,7 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
         if shutdown.is_triggered() {
             break;
         }
-        if current.check(&job.schema, settings.model_poll, &mut report) {
+        if current.check(&job.schema, settings.model_poll, &mut *report) {
             metrics::counter!("txpipe_score_model_changes_total").increment(1);
         }
         let batch = tail.poll().await?;
@@ -498,7 +528,7 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
                 &mut recent,
                 &mut pending.rows,
                 Some(&mut pending.times),
-                &mut report,
+                &mut *report,
                 |_| {},
             )?;
             if b.complete_through.is_some() {
@@ -508,7 +538,7 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
         let due = pending.since.is_some_and(|t| t.elapsed() >= settings.flush)
             || pending.rows.len() >= job.clickhouse.insert_rows;
         if due {
-            flush(&serving, &job.backoff, &location, &mut pending, &mut latency, &mut report).await?;
+            flush(&serving, &job.backoff, go, &location, &mut pending, &mut latency, &mut *report).await?;
             // A flush can take long (ClickHouse away): look at the log again before calling
             // the stream idle.
             if idle_since.is_some() {
@@ -541,12 +571,12 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
             sleep_or_shutdown(settings.poll, &shutdown).await;
         }
     }
-    flush(&serving, &job.backoff, &location, &mut pending, &mut latency, &mut report).await?;
+    flush(&serving, &job.backoff, go, &location, &mut pending, &mut latency, &mut *report).await?;
     report.latency_p50_s = latency.quantile(0.5);
     report.latency_p99_s = latency.quantile(0.99);
     report.latency_over_60s = latency.over;
     report.elapsed_s = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(())
 }
 
 async fn sleep_or_shutdown(wait: Duration, shutdown: &Shutdown) {
@@ -559,6 +589,7 @@ async fn sleep_or_shutdown(wait: Duration, shutdown: &Shutdown) {
 async fn insert(
     serving: &Serving,
     backoff: &Backoff,
+    go: &dyn Fn() -> bool,
     rows: &PredictionRows,
     report: &mut ScoreReport,
 ) -> Result<()> {
@@ -566,7 +597,9 @@ async fn insert(
         return Ok(());
     }
     let started = Instant::now();
-    backoff.retry("inserting predictions", ClickHouseError::retryable, || serving.insert(rows)).await?;
+    backoff
+        .retry_while("inserting predictions", ClickHouseError::retryable, go, || serving.insert(rows))
+        .await?;
     metrics::histogram!("txpipe_score_insert_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("txpipe_score_rows_written_total").increment(rows.len() as u64);
     report.written += rows.len() as u64;
@@ -578,12 +611,13 @@ async fn insert(
 async fn flush(
     serving: &Serving,
     backoff: &Backoff,
+    go: &dyn Fn() -> bool,
     location: &str,
     pending: &mut Pending,
     latency: &mut Latency,
     report: &mut ScoreReport,
 ) -> Result<()> {
-    insert(serving, backoff, &pending.rows, report).await?;
+    insert(serving, backoff, go, &pending.rows, report).await?;
     let now_us = chrono::Utc::now().timestamp_micros();
     for &t in &pending.times {
         let seconds = (now_us - t) as f64 / 1e6;
@@ -599,7 +633,9 @@ async fn flush(
         && report.complete_through != Some(v)
     {
         backoff
-            .retry("recording progress", ClickHouseError::retryable, || serving.record_progress(location, v))
+            .retry_while("recording progress", ClickHouseError::retryable, go, || {
+                serving.record_progress(location, v)
+            })
             .await?;
         report.complete_through = Some(v);
         metrics::gauge!("txpipe_score_complete_through_version").set(v as f64);
