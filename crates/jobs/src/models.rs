@@ -5,8 +5,9 @@
 //! such as its report), and `CURRENT`, a one-line file naming the current version. Publishing
 //! writes the version into a temporary directory, syncs it and renames it into place, then
 //! writes `CURRENT` the same way; a rename is atomic on one file system. Version ids count up
-//! from `000001`; two publishers at once take different ids (creating a directory is
-//! exclusive).
+//! from `000001`; two publishers at once take different ids (a rename onto a version that
+//! exists fails), and `CURRENT` ends on the later of them (the switch is locked and only moves
+//! forward).
 
 use std::fs;
 use std::io::Write;
@@ -148,11 +149,62 @@ impl ModelStore {
             }
         };
         sync_dir(&versions)?;
+        if !self.point_to(&id)? {
+            tracing::warn!(
+                version = %id,
+                current = ?self.current_id().ok().flatten(),
+                "published, but a newer version is current already (another publisher at the same time); \
+                 CURRENT stays on it"
+            );
+        }
+        Ok((id, target))
+    }
+
+    /// Points `CURRENT` at version `id`, unless a newer version is current already: of two
+    /// publishers at once, the later version stays current whichever of them switches last.
+    /// The switch holds an exclusive lock on `.CURRENT.lock` (released when the file closes).
+    /// Returns whether it switched.
+    fn point_to(&self, id: &str) -> Result<bool> {
+        let lock_path = self.dir.join(format!(".{POINTER}.lock"));
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| JobError::io(&lock_path, e))?;
+        lock.lock().map_err(|e| JobError::io(&lock_path, e))?;
+        let number = |v: &str| v.parse::<u64>().ok();
+        if self.current_id()?.is_some_and(|current| number(&current) > number(id)) {
+            return Ok(false);
+        }
         let pointer_tmp = self.dir.join(format!(".{POINTER}.{}", std::process::id()));
         write_synced(&pointer_tmp, format!("{id}\n").as_bytes())?;
         let pointer = self.dir.join(POINTER);
         fs::rename(&pointer_tmp, &pointer).map_err(|e| JobError::io(&pointer, e))?;
         sync_dir(&self.dir)?;
-        Ok((id, target))
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn of_two_publishers_at_once_the_later_version_stays_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(dir.path());
+        let versions = dir.path().join(VERSIONS);
+        fs::create_dir_all(versions.join("000001")).unwrap();
+        fs::create_dir_all(versions.join("000002")).unwrap();
+        // The interleaving forced: the publisher of 000002 switches first, then the one of
+        // 000001 comes to switch (it took its id first, but was slower).
+        assert!(store.point_to("000002").unwrap());
+        assert!(!store.point_to("000001").unwrap());
+        assert_eq!(store.current_id().unwrap().as_deref(), Some("000002"));
+        // A newer one still moves it on; the same one again is no change of mind.
+        assert!(store.point_to("000003").unwrap());
+        assert!(store.point_to("000003").unwrap());
+        assert_eq!(store.current_id().unwrap().as_deref(), Some("000003"));
     }
 }
