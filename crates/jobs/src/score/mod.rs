@@ -341,7 +341,7 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
     let shutdown = shutdown.clone();
     // Retries of ClickHouse give up once a stop is asked (see `run`).
     let keep_going = || !shutdown.is_triggered();
-    let go: &dyn Fn() -> bool = &keep_going;
+    let go: &(dyn Fn() -> bool + Sync) = &keep_going;
     let settings = &job.settings;
     let location = job.tables.clean.clone();
     let columns = Serving::columns_for(&job.schema, job.clickhouse.fields.as_deref())?;
@@ -589,7 +589,7 @@ async fn sleep_or_shutdown(wait: Duration, shutdown: &Shutdown) {
 async fn insert(
     serving: &Serving,
     backoff: &Backoff,
-    go: &dyn Fn() -> bool,
+    go: &(dyn Fn() -> bool + Sync),
     rows: &PredictionRows,
     report: &mut ScoreReport,
 ) -> Result<()> {
@@ -611,7 +611,7 @@ async fn insert(
 async fn flush(
     serving: &Serving,
     backoff: &Backoff,
-    go: &dyn Fn() -> bool,
+    go: &(dyn Fn() -> bool + Sync),
     location: &str,
     pending: &mut Pending,
     latency: &mut Latency,
