@@ -247,8 +247,12 @@ fn train_publishes_a_model_and_refusals_exit_non_zero() {
     with_paths(&mut produce);
     let (code, _, err) = run(&mut produce);
     assert_eq!(code, 0, "{err}");
+    // One commit of all 30,000 rows (version 1): the flush waits longer than the read takes.
+    let one_commit = dir.path().join("one_commit.toml");
+    std::fs::write(&one_commit, "[ingest]\nflush_latency = \"8s\"\n").unwrap();
     let mut ingest = txpipe();
-    ingest.args(["ingest", "--topic", &topic, "--group-id", &topic, "--exit-when-idle", "3"]);
+    ingest.args(["ingest", "--topic", &topic, "--group-id", &topic, "--exit-when-idle", "3", "--config"]);
+    ingest.arg(&one_commit);
     with_paths(&mut ingest);
     let (code, _, err) = run(&mut ingest);
     assert_eq!(code, 0, "{err}");
@@ -314,9 +318,15 @@ fn train_publishes_a_model_and_refusals_exit_non_zero() {
     with_paths(&mut c);
     let (code, _, err) = run(&mut c);
     assert_eq!(code, 0, "{err}");
+    // The version trained on (ingest may have taken more than one commit) is the one scored.
+    let version = err
+        .lines()
+        .find_map(|l| l.strip_prefix("trained on 30000 rows (30000 read) of Delta version "))
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("the version trained on: {err}"));
     assert!(
         err.contains(&format!(
-            "batch scores: 30000 rows of Delta version 1 into {database}.transactions_batch"
+            "batch scores: 30000 rows of Delta version {version} into {database}.transactions_batch"
         )),
         "{err}"
     );
