@@ -4,8 +4,9 @@
 //! `train` and `score` feed the same order and get the same values.
 //!
 //! Memory: per account, its id, running count and sum of amounts, last event time, the
-//! countries seen with their counts, and the times of its events inside the window: about
-//! 100 bytes plus 8 per event in the window and 30 per country.
+//! countries seen with their counts, and the times of its events inside the window. Measured
+//! in `score` (which holds more besides): 319,384 accounts, 272 MB steady against 91 MB with
+//! 10,000, so several hundred bytes an account with the map's own overhead.
 
 use std::collections::{HashMap, VecDeque};
 

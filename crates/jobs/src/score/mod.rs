@@ -16,7 +16,7 @@
 //! Account history: the features of an event depend on the account's earlier events, so at
 //! start the rows up to the resume point are read from the table (in table order: Kafka
 //! partition, then offset) and fed into the history without being scored; memory grows with
-//! accounts (about 100 bytes each plus 8 per event in the count window). Repeated transaction
+//! accounts (several hundred bytes each, measured: see [`History`]). Repeated transaction
 //! ids: `train` keeps the first copy in table order; `score` remembers the last
 //! [`RECENT_IDS`] ids it saw (as 64-bit hashes, about 24 MB) and drops a repeat among them, so a
 //! repeat further apart than that is scored again (its row replaces the first in ClickHouse).
