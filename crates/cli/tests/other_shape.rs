@@ -3,11 +3,9 @@
 //! whole pipeline with the real services of `scripts/services`, nothing but the config file
 //! changed.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
-}
+mod common;
 
 fn config(database: &str) -> String {
     let mut text = format!(
@@ -33,17 +31,7 @@ fn config(database: &str) -> String {
 }
 
 fn txpipe(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_txpipe"))
-        .current_dir(dir)
-        .args(args)
-        .args(["--config", "shape.toml", "--brokers", &env("TXPIPE_TEST_BROKERS", "127.0.0.1:9092")])
-        .args(["--clickhouse-url", &env("TXPIPE_TEST_CLICKHOUSE", "http://127.0.0.1:8123")])
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "txpipe {args:?}: {err}");
-    err
+    common::txpipe_ok(dir, args, &["--config", "shape.toml", "--clickhouse-url", &common::clickhouse_url()])
 }
 
 #[test]

@@ -105,6 +105,15 @@ fn assert_served_once(database: &str, count: u64) {
     assert_eq!(got, format!("{count}\t{count}\t{count}\t{count}"));
 }
 
+/// Waits (up to 30 s) until score has written rows into the database's realtime table.
+fn wait_until_score_wrote(database: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while clickhouse(&format!("SELECT count() FROM {database}.transactions_realtime")) == "0" {
+        assert!(Instant::now() < deadline, "score wrote nothing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn services(args: &[&str]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/services");
     let status = Command::new(script).args(args).stdout(Stdio::null()).status().unwrap();
@@ -140,11 +149,7 @@ fn clickhouse_stopped_for_30_s_mid_run_loses_and_duplicates_nothing() {
     let log: PathBuf = dir.path().join("score.log");
     let mut child = spawn(score(dir.path(), "6"), &log);
     // Down once score has written rows, while events keep coming.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while clickhouse(&format!("SELECT count() FROM {database}.transactions_realtime")) == "0" {
-        assert!(Instant::now() < deadline, "score wrote nothing");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_score_wrote(&database);
     services(&["down", "clickhouse"]);
     let down_at = Instant::now();
     std::thread::sleep(Duration::from_secs(30));
@@ -184,11 +189,7 @@ fn sigterm_while_clickhouse_is_down_stops_score_and_a_restart_serves_every_trans
     let (dir, database, live) = setup("scoreterm", 40_000);
     let log: PathBuf = dir.path().join("score.log");
     let mut child = spawn(score(dir.path(), "30"), &log);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while clickhouse(&format!("SELECT count() FROM {database}.transactions_realtime")) == "0" {
-        assert!(Instant::now() < deadline, "score wrote nothing");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_score_wrote(&database);
     let back_up = ClickHouseBackUp;
     services(&["down", "clickhouse"]);
     // Score is retrying an insert (events keep coming) when the stop is asked: a retry logged

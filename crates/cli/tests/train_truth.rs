@@ -4,23 +4,12 @@
 //! does and compares the model's held-out AUC with the AUC of the generator's true
 //! probabilities on them: within 0.005, or it exits 1.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
-}
+mod common;
 
 fn txpipe(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_txpipe"))
-        .current_dir(dir)
-        .args(args)
-        .args(["--brokers", &env("TXPIPE_TEST_BROKERS", "127.0.0.1:9092")])
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "txpipe {args:?}: {err}");
-    err
+    common::txpipe_ok(dir, args, &[])
 }
 
 #[test]

@@ -338,7 +338,6 @@ pub async fn run(job: ScoreJob, shutdown: Shutdown) -> Result<ScoreReport> {
 
 async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) -> Result<()> {
     let started = Instant::now();
-    let shutdown = shutdown.clone();
     // Retries of ClickHouse give up once a stop is asked (see `run`).
     let keep_going = || !shutdown.is_triggered();
     let go: &(dyn Fn() -> bool + Sync) = &keep_going;
@@ -374,7 +373,7 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
             said = Some(Instant::now());
         }
         current.checked = None;
-        sleep_or_shutdown(settings.model_poll, &shutdown).await;
+        sleep_or_shutdown(settings.model_poll, shutdown).await;
     }
 
     let mut wanted: Vec<(&str, DataType)> =
@@ -406,7 +405,7 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
             tracing::info!(%location, "the clean table does not exist yet; waiting");
             said = Some(Instant::now());
         }
-        sleep_or_shutdown(settings.poll, &shutdown).await;
+        sleep_or_shutdown(settings.poll, shutdown).await;
     };
     let newest = table.version().unwrap_or(0);
     // (version whose state is read, whether its rows are scored)
@@ -568,7 +567,7 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
             break;
         }
         if !got {
-            sleep_or_shutdown(settings.poll, &shutdown).await;
+            sleep_or_shutdown(settings.poll, shutdown).await;
         }
     }
     flush(&serving, &job.backoff, go, &location, &mut pending, &mut latency, &mut *report).await?;
