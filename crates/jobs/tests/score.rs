@@ -46,7 +46,15 @@ fn score_job(
     dir: &std::path::Path,
     clickhouse: &txpipe_connectors::clickhouse::ClickHouseConfig,
 ) -> ScoreJob {
-    let config = ScoreConfig { exit_when_idle: Some(1.5), max_files: 2, ..ScoreConfig::default() };
+    score_job_with(dir, clickhouse, ScoreConfig { max_files: 2, ..ScoreConfig::default() })
+}
+
+fn score_job_with(
+    dir: &std::path::Path,
+    clickhouse: &txpipe_connectors::clickhouse::ClickHouseConfig,
+    config: ScoreConfig,
+) -> ScoreJob {
+    let config = ScoreConfig { exit_when_idle: Some(1.5), ..config };
     ScoreJob {
         settings: config.validate().unwrap(),
         tables: tables(dir),
@@ -70,13 +78,16 @@ async fn realtime_and_batch_probabilities_agree_over_a_start_a_restart_and_strea
     assert_eq!((first.scored, first.restored, first.complete_through), (20_000, 0, Some(4)), "{first:?}");
 
     // More commits (each a file per event date it touches); the second run restores the
-    // history from the table and streams them, whole commits of up to two files per
+    // history from the table and streams them, whole commits of up to 2,500 rows per
     // micro-batch (a commit split across micro-batches would feed an account's events out of
-    // order: this test caught it).
+    // order: this test caught it). Commits of 1,000 rows: two to a micro-batch, by the files'
+    // row counts.
     common::write_history(dir.path(), &generated(2, 12_000), 20_000, 1_000).await;
-    let second = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
+    let config = ScoreConfig { max_rows: 2_500, ..ScoreConfig::default() };
+    let second = score::run(score_job_with(dir.path(), &clickhouse, config), Shutdown::new()).await.unwrap();
     assert_eq!((second.scored, second.restored), (12_000, 20_000), "{second:?}");
     assert_eq!(second.complete_through, Some(16));
+    assert_eq!((second.micro_batches, second.largest_micro_batch), (6, 2_000), "{second:?}");
     assert!(second.inserts >= 1, "{second:?}");
 
     // Batch scores of the same table with the same model: equal probabilities, row by row.

@@ -45,9 +45,11 @@ pub struct TableTail {
     partition_columns: Vec<String>,
     /// The next version whose log entry is read.
     next: u64,
-    /// Read commits not handed out yet: version and added files.
-    pending: VecDeque<(u64, Vec<DataFile>)>,
+    /// Read commits not handed out yet: version, added files and their rows (from the files'
+    /// statistics; 0 when a file has none).
+    pending: VecDeque<(u64, Vec<DataFile>, u64)>,
     max_files: usize,
+    max_rows: u64,
 }
 
 fn read_err(location: &str, source: DeltaTableError) -> DeltaError {
@@ -57,13 +59,15 @@ fn read_err(location: &str, source: DeltaTableError) -> DeltaError {
 impl TableTail {
     /// A tail of the table at `location` that reads the commits from version `next` on,
     /// `columns` of their rows (a column the table lacks comes back all null, typed as
-    /// `types` says), at most `max_files` files per batch.
+    /// `types` says), at most `max_files` files and about `max_rows` rows per batch (the rows
+    /// as the files' statistics count them; a file without statistics counts none).
     pub fn new(
         location: &str,
         storage_options: &BTreeMap<String, String>,
         columns: &[(&str, DataType)],
         next: u64,
         max_files: usize,
+        max_rows: u64,
     ) -> TableTail {
         let fields: Vec<Field> = columns.iter().map(|(n, t)| Field::new(*n, t.clone(), true)).collect();
         TableTail {
@@ -75,6 +79,7 @@ impl TableTail {
             next,
             pending: VecDeque::new(),
             max_files: max_files.max(1),
+            max_rows: max_rows.max(1),
         }
     }
 
@@ -116,13 +121,15 @@ impl TableTail {
         Ok(Some(table))
     }
 
-    /// Reads every row of `table` (loaded at some version V) with the wanted columns, `parallel`
-    /// files at a time, and continues the tail after V. For a start from the earliest version
-    /// when the log's first entries may be gone, and for restoring state up to a version.
+    /// Reads every row of `table` (loaded at some version V) with the wanted columns (only
+    /// those named in `only`, when given), `parallel` files at a time, and continues the tail
+    /// after V. For a start from the earliest version when the log's first entries may be gone,
+    /// and for restoring state up to a version.
     pub async fn read_state(
         &mut self,
         table: &DeltaTable,
         parallel: usize,
+        only: Option<&[&str]>,
     ) -> Result<Vec<RecordBatch>, DeltaError> {
         use futures::{StreamExt, TryStreamExt};
         let err = |e| read_err(&self.location, e);
@@ -131,7 +138,20 @@ impl TableTail {
         self.partition_columns = table.snapshot().map_err(err)?.metadata().partition_columns().to_vec();
         let files = data_files(table).map_err(err)?;
         let store = table.object_store();
-        let (schema, partitions) = (self.out_schema.clone(), self.partition_columns.clone());
+        let schema = match only {
+            None => self.out_schema.clone(),
+            Some(names) => {
+                let fields: Vec<Field> = self
+                    .out_schema
+                    .fields()
+                    .iter()
+                    .filter(|f| names.contains(&f.name().as_str()))
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                Arc::new(Schema::new(fields))
+            }
+        };
+        let partitions = self.partition_columns.clone();
         let per_file: Vec<Vec<RecordBatch>> = futures::stream::iter(files)
             .map(|file| {
                 let (store, schema, partitions) = (store.clone(), schema.clone(), partitions.clone());
@@ -152,10 +172,15 @@ impl TableTail {
         let Some(store) = self.log_store().await? else { return Ok(None) };
         let location = self.location.clone();
         let err = |e| read_err(&location, e);
-        // Read entries until enough files wait or the log ends.
-        let waiting =
-            |pending: &VecDeque<(u64, Vec<DataFile>)>| pending.iter().map(|(_, f)| f.len()).sum::<usize>();
-        while waiting(&self.pending) < self.max_files {
+        // Read entries until enough files (or rows) wait or the log ends.
+        let waiting = |pending: &VecDeque<(u64, Vec<DataFile>, u64)>| {
+            pending.iter().fold((0, 0), |(files, rows), (_, f, r)| (files + f.len(), rows + r))
+        };
+        loop {
+            let (files, rows) = waiting(&self.pending);
+            if files >= self.max_files || rows >= self.max_rows {
+                break;
+            }
             let Some(bytes) = store.read_commit_entry(self.next).await.map_err(err)? else {
                 if let Some(cp) = last_checkpoint(store.as_ref()).await.map_err(err)?
                     && cp >= self.next
@@ -171,9 +196,11 @@ impl TableTail {
             };
             let version = self.next;
             let mut added = Vec::new();
+            let mut rows = 0;
             for action in get_actions(version, &bytes).map_err(err)? {
                 match action {
                     Action::Add(add) if add.data_change => {
+                        rows += add.stats.as_deref().map_or(0, num_records);
                         let path = Path::from_url_path(&add.path).map_err(|e| {
                             err(DeltaTableError::Generic(format!("bad path {}: {e}", add.path)))
                         })?;
@@ -183,27 +210,27 @@ impl TableTail {
                     _ => {}
                 }
             }
-            self.pending.push_back((version, added));
+            self.pending.push_back((version, added, rows));
             self.next += 1;
         }
         if self.pending.is_empty() {
             return Ok(None);
         }
-        // Whole commits, at least one, up to `max_files` files.
-        let mut take = 0;
-        let mut files = 0;
-        for (_, f) in &self.pending {
-            if take > 0 && files + f.len() > self.max_files {
+        // Whole commits, at least one, up to `max_files` files and `max_rows` rows.
+        let (mut take, mut files, mut rows) = (0, 0, 0);
+        for (_, f, r) in &self.pending {
+            if take > 0 && (files + f.len() > self.max_files || rows + r > self.max_rows) {
                 break;
             }
             take += 1;
             files += f.len();
+            rows += r;
         }
-        let commits: Vec<(u64, Vec<DataFile>)> = self.pending.drain(..take).collect();
+        let commits: Vec<(u64, Vec<DataFile>, u64)> = self.pending.drain(..take).collect();
         let store_root = store.object_store(None);
         let mut batches = Vec::new();
         let mut failed = None;
-        'read: for (version, added) in &commits {
+        'read: for (version, added, _) in &commits {
             for file in added {
                 let read =
                     read_projected(store_root.clone(), file, &self.out_schema, &self.partition_columns).await;
@@ -231,10 +258,20 @@ impl TableTail {
             }
             return Err(err(e));
         }
-        let complete_through = commits.last().map(|(v, _)| *v);
+        let complete_through = commits.last().map(|(v, _, _)| *v);
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
         Ok(Some(TailBatch { batches, files, rows, complete_through }))
     }
+}
+
+/// `numRecords` of a file's statistics (0 when they do not say).
+fn num_records(stats: &str) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Stats {
+        #[serde(rename = "numRecords")]
+        num_records: Option<u64>,
+    }
+    serde_json::from_str::<Stats>(stats).ok().and_then(|s| s.num_records).unwrap_or(0)
 }
 
 /// The version of the newest checkpoint `_last_checkpoint` points at.

@@ -3,26 +3,40 @@
 //! offset: an account's events share a partition, so this is the order they arrived in);
 //! `train` and `score` feed the same order and get the same values.
 //!
-//! Memory: per account, its id, running count and sum of amounts, last event time, the
-//! countries seen with their counts, and the times of its events inside the window. Measured
-//! in `score` (which holds more besides): 319,384 accounts, 272 MB steady against 91 MB with
-//! 10,000, so several hundred bytes an account with the map's own overhead.
+//! Memory, per account (measured by `history_bytes_per_account` below): its id once in one
+//! byte buffer, an 88-byte record (running sum and count of amounts, last and newest event time,
+//! the times inside the window and the countries seen with their counts, each inline up to two
+//! before they take a heap block), and 4 bytes in the hash index (which grows by doubling, so
+//! 4–8 bytes an account). Countries are kept as numbers; their names once per history.
 
-use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use smallvec::SmallVec;
 
 /// Longest gap `seconds_since_previous` tells apart, and the value of a first event.
 const GAP_CAP_S: f64 = 30.0 * 86_400.0;
 
-#[derive(Debug, Default, Clone)]
+/// Accounts per block of records: the records grow a block at a time, never by copying them all.
+const BLOCK: usize = 1 << 14;
+
+#[derive(Debug, Clone)]
 struct Account {
-    times: VecDeque<i64>,
+    /// The times of its events inside the window, in the order they came.
+    times: SmallVec<[i64; 2]>,
+    /// Each country seen (its number in the history's list), with its number of events, in
+    /// the order first seen.
+    countries: SmallVec<[(u32, u32); 2]>,
     newest: i64,
-    count: u64,
-    amounts: u64,
+    last: i64,
     sum: f64,
-    last: Option<i64>,
-    /// Each country seen, with its number of events, in the order first seen.
-    countries: Vec<(String, u64)>,
+    /// Where its id starts in the history's id buffer.
+    id_at: u64,
+    /// Events with an amount (saturating).
+    amounts: u32,
+    /// Whether it had an event before (`last` is set).
+    seen: bool,
 }
 
 /// What an account's earlier events say about the current one.
@@ -45,9 +59,27 @@ pub struct Seen {
 }
 
 /// The history of every account seen so far.
-#[derive(Debug, Default, Clone)]
+#[derive(Clone, Default)]
 pub struct History {
-    accounts: HashMap<String, Account, foldhash::fast::RandomState>,
+    /// Account numbers, found by the hash of the id.
+    index: HashTable<u32>,
+    /// The accounts' records, in blocks of [`BLOCK`].
+    blocks: Vec<Vec<Account>>,
+    /// Every account id, one after the other.
+    ids: Vec<u8>,
+    /// Country names by number, and numbers by name.
+    country_names: Vec<Box<str>>,
+    country_numbers: HashTable<u32>,
+    state: foldhash::fast::RandomState,
+}
+
+impl fmt::Debug for History {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("History")
+            .field("accounts", &self.len())
+            .field("countries", &self.country_names.len())
+            .finish()
+    }
 }
 
 impl History {
@@ -57,11 +89,92 @@ impl History {
 
     /// Accounts seen.
     pub fn len(&self) -> usize {
-        self.accounts.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.accounts.is_empty()
+        self.index.is_empty()
+    }
+
+    /// About the bytes held, for the record of how memory grows with accounts: the index, the
+    /// records' blocks, the id and country buffers, and the times and countries that spilled
+    /// out of their records.
+    pub fn heap_bytes(&self) -> usize {
+        let spilled: usize = self
+            .blocks
+            .iter()
+            .flatten()
+            .map(|a| {
+                let times = if a.times.spilled() { a.times.capacity() * 8 } else { 0 };
+                let countries = if a.countries.spilled() { a.countries.capacity() * 8 } else { 0 };
+                times + countries
+            })
+            .sum();
+        let index = |t: &HashTable<u32>| t.capacity() * 8 / 7 * (size_of::<u32>() + 1);
+        index(&self.index)
+            + index(&self.country_numbers)
+            + self.country_names.iter().map(|c| c.len() + 16).sum::<usize>()
+            + self.blocks.iter().map(|b| b.capacity() * size_of::<Account>()).sum::<usize>()
+            + self.ids.capacity()
+            + spilled
+    }
+
+    /// The id of account number `n`.
+    fn id_of<'h>(blocks: &[Vec<Account>], ids: &'h [u8], n: u32) -> &'h [u8] {
+        let n = n as usize;
+        let from = blocks[n / BLOCK][n % BLOCK].id_at as usize;
+        let to = match blocks.get((n + 1) / BLOCK).and_then(|b| b.get((n + 1) % BLOCK)) {
+            Some(next) => next.id_at as usize,
+            None => ids.len(),
+        };
+        &ids[from..to]
+    }
+
+    /// The number of a country, given one when new.
+    fn country_number(&mut self, country: &str) -> u32 {
+        let hash = self.state.hash_one(country.as_bytes());
+        let names = &self.country_names;
+        if let Some(&n) = self.country_numbers.find(hash, |&n| &*names[n as usize] == country) {
+            return n;
+        }
+        let n = u32::try_from(self.country_names.len()).expect("fewer than 2^32 countries");
+        self.country_names.push(country.into());
+        let (names, state) = (&self.country_names, &self.state);
+        self.country_numbers.insert_unique(hash, n, |&m| state.hash_one(names[m as usize].as_bytes()));
+        n
+    }
+
+    /// The record of `account`, added when new.
+    fn account_mut(&mut self, account: &str) -> &mut Account {
+        let key = account.as_bytes();
+        let hash = self.state.hash_one(key);
+        let (blocks, ids) = (&self.blocks, &self.ids);
+        let found = self.index.find(hash, |&n| Self::id_of(blocks, ids, n) == key).copied();
+        let n = match found {
+            Some(n) => n as usize,
+            None => {
+                let n = self.index.len();
+                if n % BLOCK == 0 {
+                    self.blocks.push(Vec::with_capacity(BLOCK));
+                }
+                self.blocks[n / BLOCK].push(Account {
+                    times: SmallVec::new(),
+                    countries: SmallVec::new(),
+                    newest: 0,
+                    last: 0,
+                    sum: 0.0,
+                    id_at: self.ids.len() as u64,
+                    amounts: 0,
+                    seen: false,
+                });
+                self.ids.extend_from_slice(key);
+                let number = u32::try_from(n).expect("fewer than 2^32 accounts");
+                let (blocks, ids, state) = (&self.blocks, &self.ids, &self.state);
+                self.index.insert_unique(hash, number, |&m| state.hash_one(Self::id_of(blocks, ids, m)));
+                n
+            }
+        };
+        &mut self.blocks[n / BLOCK][n % BLOCK]
     }
 
     /// What the account's history says about an event at `t` (µs), then the event itself
@@ -74,42 +187,42 @@ impl History {
         country: Option<&str>,
         window_us: i64,
     ) -> Seen {
-        if !self.accounts.contains_key(account) {
-            self.accounts.insert(account.to_string(), Account::default());
-        }
-        let Some(a) = self.accounts.get_mut(account) else { unreachable!("inserted just above") };
+        let country = country.map(|c| self.country_number(c));
+        let a = self.account_mut(account);
         let from = t.saturating_sub(window_us);
         let in_window = a.times.iter().filter(|&&s| s > from && s <= t).count() as u32;
         let amount_vs_mean = match (amount, a.amounts) {
             (Some(x), n) if n > 0 => ((x.max(0.0) + 1.0) / (a.sum / n as f64 + 1.0)).ln(),
             _ => 0.0,
         };
-        let gap = a.last.map_or(GAP_CAP_S, |l| ((t - l) as f64 / 1e6).clamp(0.0, GAP_CAP_S));
-        let since_previous_us = a.last.map(|l| t.saturating_sub(l).max(0));
-        let new_country = a.count > 0 && country.is_some_and(|c| !a.countries.iter().any(|(s, _)| s == c));
-        let usual = a.countries.iter().fold(None::<&(String, u64)>, |best, e| match best {
+        let last = a.seen.then_some(a.last);
+        let gap = last.map_or(GAP_CAP_S, |l| ((t - l) as f64 / 1e6).clamp(0.0, GAP_CAP_S));
+        let since_previous_us = last.map(|l| t.saturating_sub(l).max(0));
+        let new_country = a.seen && country.is_some_and(|c| !a.countries.iter().any(|&(s, _)| s == c));
+        let usual = a.countries.iter().fold(None::<&(u32, u32)>, |best, e| match best {
             Some(b) if b.1 >= e.1 => Some(b),
             _ => Some(e),
         });
-        let unusual_country = matches!((country, usual), (Some(c), Some((u, _))) if c != u);
+        let unusual_country = matches!((country, usual), (Some(c), Some(&(u, _))) if c != u);
         // Then the event joins the history.
-        a.count += 1;
         if let Some(x) = amount {
-            a.amounts += 1;
+            a.amounts = a.amounts.saturating_add(1);
             a.sum += x.max(0.0);
         }
-        a.last = Some(t);
+        a.last = t;
+        a.seen = true;
         if let Some(c) = country {
-            match a.countries.iter_mut().find(|(s, _)| s == c) {
-                Some((_, n)) => *n += 1,
-                None => a.countries.push((c.to_string(), 1)),
+            match a.countries.iter_mut().find(|(s, _)| *s == c) {
+                Some((_, n)) => *n = n.saturating_add(1),
+                None => a.countries.push((c, 1)),
             }
         }
         a.newest = a.newest.max(t);
-        a.times.push_back(t);
+        a.times.push(t);
         let keep_from = a.newest.saturating_sub(window_us);
-        while a.times.front().is_some_and(|&s| s <= keep_from) {
-            a.times.pop_front();
+        let old = a.times.iter().take_while(|&&s| s <= keep_from).count();
+        if old > 0 {
+            a.times.drain(..old);
         }
         Seen {
             in_window,
@@ -124,7 +237,121 @@ impl History {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{HashMap, VecDeque};
+
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The history in its plainest form (a map of accounts, strings and deques): what the
+    /// compact one must agree with, value for value.
+    #[derive(Default)]
+    struct Plain {
+        accounts: HashMap<String, (VecDeque<i64>, i64, u64, u64, f64, Option<i64>, Vec<(String, u64)>)>,
+    }
+
+    impl Plain {
+        fn observe(
+            &mut self,
+            account: &str,
+            t: i64,
+            amount: Option<f64>,
+            country: Option<&str>,
+            window_us: i64,
+        ) -> Seen {
+            let (times, newest, count, amounts, sum, last, countries) =
+                self.accounts.entry(account.to_string()).or_default();
+            let from = t.saturating_sub(window_us);
+            let in_window = times.iter().filter(|&&s| s > from && s <= t).count() as u32;
+            let amount_vs_mean = match (amount, *amounts) {
+                (Some(x), n) if n > 0 => ((x.max(0.0) + 1.0) / (*sum / n as f64 + 1.0)).ln(),
+                _ => 0.0,
+            };
+            let gap = last.map_or(GAP_CAP_S, |l| ((t - l) as f64 / 1e6).clamp(0.0, GAP_CAP_S));
+            let since_previous_us = last.map(|l| t.saturating_sub(l).max(0));
+            let new_country = *count > 0 && country.is_some_and(|c| !countries.iter().any(|(s, _)| s == c));
+            let mut usual: Option<&(String, u64)> = None;
+            for e in countries.iter() {
+                if usual.is_none_or(|b| e.1 > b.1) {
+                    usual = Some(e);
+                }
+            }
+            let unusual_country = matches!((country, usual), (Some(c), Some((u, _))) if c != u);
+            *count += 1;
+            if let Some(x) = amount {
+                *amounts += 1;
+                *sum += x.max(0.0);
+            }
+            *last = Some(t);
+            if let Some(c) = country {
+                match countries.iter_mut().find(|(s, _)| s == c) {
+                    Some((_, n)) => *n += 1,
+                    None => countries.push((c.to_string(), 1)),
+                }
+            }
+            *newest = (*newest).max(t);
+            times.push_back(t);
+            while times.front().is_some_and(|&s| s <= newest.saturating_sub(window_us)) {
+                times.pop_front();
+            }
+            Seen {
+                in_window,
+                amount_vs_mean,
+                log_seconds_since_previous: gap.ln_1p(),
+                since_previous_us,
+                new_country,
+                unusual_country,
+            }
+        }
+    }
+
+    proptest! {
+        /// Any events (out of order, repeated times, missing amounts and countries, a window
+        /// that changes as models do): the compact history says what the plain one says.
+        #[test]
+        fn the_compact_history_agrees_with_the_plain_one(
+            events in proptest::collection::vec(
+                (0u8..40, -50i64..5_000, proptest::option::of(0.0f64..500.0), proptest::option::of(0u8..5), prop_oneof![Just(60i64), Just(600), Just(3_600)]),
+                1..400,
+            )
+        ) {
+            let (mut compact, mut plain) = (History::new(), Plain::default());
+            for (account, t, amount, country, window) in events {
+                // Ids of different lengths, some sharing a prefix.
+                let id = format!("acct-{}", "7".repeat(account as usize % 3) + &account.to_string());
+                let country = country.map(|c| ["FR", "DE", "GB", "US", "F"][c as usize]);
+                let (t, window) = (t * S, window * S);
+                prop_assert_eq!(
+                    compact.observe(&id, t, amount, country, window),
+                    plain.observe(&id, t, amount, country, window)
+                );
+            }
+            prop_assert_eq!(compact.len(), plain.accounts.len());
+        }
+    }
+
+    /// The bytes an account costs, for the record (printed with `--nocapture`): a million
+    /// accounts of two to four events each, across the record blocks' and the index's growth.
+    #[test]
+    fn history_bytes_per_account() {
+        let mut h = History::new();
+        let n = 1_000_000u64;
+        for e in 0..3 * n {
+            let account = format!("acct-{:07}", (e * 7_919) % n);
+            h.observe(
+                &account,
+                (e as i64) * S,
+                Some(12.5),
+                Some(["FR", "DE"][(e % 7 == 0) as usize]),
+                3_600 * S,
+            );
+        }
+        let per_account = h.heap_bytes() as f64 / h.len() as f64;
+        println!("history: {} accounts, {:.0} bytes each", h.len(), per_account);
+        assert_eq!(h.len(), n as usize);
+        assert!(size_of::<Account>() <= 88, "the record grew: {} bytes", size_of::<Account>());
+        assert!(per_account < 120.0, "{per_account:.0} bytes an account");
+    }
 
     const S: i64 = 1_000_000;
 

@@ -330,6 +330,18 @@ impl Features {
         &self.fitted.names
     }
 
+    /// The fields the account history reads (event time, account, then amount and country
+    /// when used); empty without history features. Rows fed only into the history need no
+    /// other field.
+    pub fn history_fields(&self) -> Vec<usize> {
+        match (&self.history, &self.fitted.history) {
+            (Some(h), Some(_)) => {
+                [Some(self.time), Some(h.account), h.amount, h.country].into_iter().flatten().collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The positions in a row of each categorical feature's one-hot columns (its top values,
     /// then "other"): exactly one of them is 1 in every row.
     pub fn one_hot_groups(&self) -> Vec<std::ops::Range<usize>> {

@@ -77,6 +77,11 @@ impl Scorer {
         }
     }
 
+    /// The fields [`Self::observe`] reads (see [`Features::history_fields`]).
+    pub fn history_fields(&self) -> Vec<usize> {
+        self.features.history_fields()
+    }
+
     /// Adds an event to the history without scoring it (an event before the range scored).
     pub fn observe(&mut self, values: &[Value<'_>], history: &mut History) {
         self.features.row(values, history, &mut self.row);

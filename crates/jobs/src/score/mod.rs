@@ -58,6 +58,9 @@ pub struct ScoreConfig {
     pub poll_interval: String,
     /// Data files read per micro-batch at most.
     pub max_files: usize,
+    /// Rows per micro-batch at most, as the files' statistics count them (whole commits: a
+    /// single commit with more is still one micro-batch).
+    pub max_rows: u64,
     /// The longest a scored row waits for its insert (rows go sooner once
     /// `clickhouse.insert_rows` are waiting).
     pub flush_latency: String,
@@ -77,6 +80,7 @@ impl Default for ScoreConfig {
             start: "earliest".into(),
             poll_interval: "50ms".into(),
             max_files: 64,
+            max_rows: 100_000,
             flush_latency: "100ms".into(),
             model_poll_interval: "1s".into(),
             read_parallelism: 4,
@@ -100,6 +104,7 @@ pub struct ScoreSettings {
     pub start: Start,
     pub poll: Duration,
     pub max_files: usize,
+    pub max_rows: u64,
     pub flush: Duration,
     pub model_poll: Duration,
     pub read_parallelism: usize,
@@ -126,6 +131,9 @@ impl ScoreConfig {
         if self.max_files == 0 {
             return Err(ConfigError::config("score.max_files", 0, "at least 1"));
         }
+        if self.max_rows == 0 {
+            return Err(ConfigError::config("score.max_rows", 0, "at least 1"));
+        }
         if self.read_parallelism == 0 {
             return Err(ConfigError::config("score.read_parallelism", 0, "at least 1"));
         }
@@ -140,6 +148,7 @@ impl ScoreConfig {
             start,
             poll: duration("score.poll_interval", &self.poll_interval)?,
             max_files: self.max_files,
+            max_rows: self.max_rows,
             flush: duration("score.flush_latency", &self.flush_latency)?,
             model_poll: duration("score.model_poll_interval", &self.model_poll_interval)?,
             read_parallelism: self.read_parallelism,
@@ -174,6 +183,9 @@ pub struct ScoreReport {
     pub repeats: u64,
     pub written: u64,
     pub inserts: u64,
+    /// Micro-batches read from the stream, and the rows of the largest.
+    pub micro_batches: u64,
+    pub largest_micro_batch: u64,
     /// The highest Delta version whose rows are all in ClickHouse.
     pub complete_through: Option<u64>,
     /// The model versions used, in order.
@@ -380,7 +392,14 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
         job.schema.fields().iter().map(|f| (f.name.as_str(), arrow_type(f.kind))).collect();
     wanted.push(("kafka_partition", DataType::Int32));
     wanted.push(("kafka_offset", DataType::Int64));
-    let mut tail = TableTail::new(&location, &job.tables.storage_options, &wanted, 0, settings.max_files);
+    let mut tail = TableTail::new(
+        &location,
+        &job.tables.storage_options,
+        &wanted,
+        0,
+        settings.max_files,
+        settings.max_rows,
+    );
 
     // Where to resume, and the history up to there.
     let resume = job
@@ -434,7 +453,16 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
                 .await
                 .map_err(|e| JobError::Internal(format!("loading version {base}: {e}")))?;
         }
-        let batches = tail.read_state(&table, settings.read_parallelism).await?;
+        // Rows that only feed the history need only the fields it reads.
+        let history_only: Option<Vec<&str>> = (!score_base).then(|| {
+            let scorer = current.scorer.as_ref().expect("a model is loaded");
+            let mut fields: Vec<usize> = scorer.history_fields();
+            fields.push(job.schema.id_index());
+            let mut names: Vec<&str> = fields.iter().map(|&i| job.schema.fields()[i].name.as_str()).collect();
+            names.extend(["kafka_partition", "kafka_offset"]);
+            names
+        });
+        let batches = tail.read_state(&table, settings.read_parallelism, history_only.as_deref()).await?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         tracing::info!(version = base, rows, scoring = score_base, "read the table up to the resume point");
         if score_base {
@@ -494,10 +522,24 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
             report.restored = tokio::task::block_in_place(|| {
                 observe_rows(&ctx, scorer, &batches, &mut history, &mut recent)
             })?;
+            drop(batches);
             report.complete_through = resume;
         }
+        tracing::info!(
+            accounts = history.len(),
+            history_mb = history.heap_bytes() >> 20,
+            "account history restored"
+        );
+        release_freed_memory();
     } else {
-        tail = TableTail::new(&location, &job.tables.storage_options, &wanted, 0, settings.max_files);
+        tail = TableTail::new(
+            &location,
+            &job.tables.storage_options,
+            &wanted,
+            0,
+            settings.max_files,
+            settings.max_rows,
+        );
     }
 
     // The stream.
@@ -517,6 +559,8 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
         let got = batch.is_some();
         if let Some(b) = batch {
             idle_since = None;
+            report.micro_batches += 1;
+            report.largest_micro_batch = report.largest_micro_batch.max(b.rows as u64);
             let scorer = current.scorer.as_mut().expect("a model is loaded");
             pending.since.get_or_insert_with(Instant::now);
             score_rows(
@@ -576,6 +620,16 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
     report.latency_over_60s = latency.over;
     report.elapsed_s = started.elapsed().as_secs_f64();
     Ok(())
+}
+
+/// Hands the memory freed by the start's read back to the system (the allocator keeps freed
+/// blocks otherwise, and the process would hold the read's peak for as long as it runs).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's own arenas to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 async fn sleep_or_shutdown(wait: Duration, shutdown: &Shutdown) {
