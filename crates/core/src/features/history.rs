@@ -154,7 +154,7 @@ impl History {
             Some(n) => n as usize,
             None => {
                 let n = self.index.len();
-                if n % BLOCK == 0 {
+                if n.is_multiple_of(BLOCK) {
                     self.blocks.push(Vec::with_capacity(BLOCK));
                 }
                 self.blocks[n / BLOCK].push(Account {
