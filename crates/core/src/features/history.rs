@@ -245,9 +245,12 @@ mod tests {
 
     /// The history in its plainest form (a map of accounts, strings and deques): what the
     /// compact one must agree with, value for value.
+    /// Times in the window, newest, events, amounts, their sum, the last time, countries.
+    type PlainAccount = (VecDeque<i64>, i64, u64, u64, f64, Option<i64>, Vec<(String, u64)>);
+
     #[derive(Default)]
     struct Plain {
-        accounts: HashMap<String, (VecDeque<i64>, i64, u64, u64, f64, Option<i64>, Vec<(String, u64)>)>,
+        accounts: HashMap<String, PlainAccount>,
     }
 
     impl Plain {
