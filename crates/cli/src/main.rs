@@ -270,11 +270,12 @@ fn run(cli: Cli) -> Result<()> {
                 score::run(job, shutdown).await
             })?;
             eprintln!(
-                "scored {} rows ({} repeats dropped, {} restored into the history) into {}.{} in {} inserts ({:.1} s); \
+                "scored {} rows ({} repeats dropped, {} restored into the history{}) into {}.{} in {} inserts ({:.1} s); \
                  complete through Delta version {}; models {}{}",
                 r.scored,
                 r.repeats,
                 r.restored,
+                r.from_snapshot.map_or(String::new(), |v| format!(" after the state file of version {v}")),
                 config.clickhouse.database,
                 txpipe_connectors::clickhouse::REALTIME,
                 r.inserts,

@@ -54,7 +54,11 @@ fn score_job_with(
     clickhouse: &txpipe_connectors::clickhouse::ClickHouseConfig,
     config: ScoreConfig,
 ) -> ScoreJob {
-    let config = ScoreConfig { exit_when_idle: Some(1.5), ..config };
+    let config = ScoreConfig {
+        exit_when_idle: Some(1.5),
+        state_dir: dir.join("state").display().to_string(),
+        ..config
+    };
     ScoreJob {
         settings: config.validate().unwrap(),
         tables: tables(dir),
@@ -66,7 +70,7 @@ fn score_job_with(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn realtime_and_batch_probabilities_agree_over_a_start_a_restart_and_streamed_commits() {
+async fn realtime_and_batch_probabilities_agree_over_a_start_restarts_and_streamed_commits() {
     let dir = tempfile::tempdir().unwrap();
     let clickhouse = common::fresh_clickhouse("parity");
     let db = clickhouse.database.clone();
@@ -76,19 +80,43 @@ async fn realtime_and_batch_probabilities_agree_over_a_start_a_restart_and_strea
     // First run: the whole table as it is (earliest), scored at once.
     let first = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
     assert_eq!((first.scored, first.restored, first.complete_through), (20_000, 0, Some(4)), "{first:?}");
+    // Its state at version 4, kept aside for the third run.
+    let state_files: Vec<std::path::PathBuf> =
+        std::fs::read_dir(dir.path().join("state")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!((first.snapshots, state_files.len()), (1, 1), "{first:?} {state_files:?}");
+    let state_file = state_files[0].clone();
+    let state_at_4 = std::fs::read(&state_file).unwrap();
 
-    // More commits (each a file per event date it touches); the second run restores the
-    // history from the table and streams them, whole commits of up to 2,500 rows per
+    // More commits (each a file per event date it touches); the second run loads the history
+    // from the state file (version 4, the resume point) and streams them, whole commits of up to 2,500 rows per
     // micro-batch (a commit split across micro-batches would feed an account's events out of
     // order: this test caught it). Commits of 1,000 rows: two to a micro-batch, by the files'
     // row counts.
     common::write_history(dir.path(), &generated(2, 12_000), 20_000, 1_000).await;
     let config = ScoreConfig { max_rows: 2_500, ..ScoreConfig::default() };
     let second = score::run(score_job_with(dir.path(), &clickhouse, config), Shutdown::new()).await.unwrap();
-    assert_eq!((second.scored, second.restored), (12_000, 20_000), "{second:?}");
+    assert_eq!((second.scored, second.restored, second.from_snapshot), (12_000, 0, Some(4)), "{second:?}");
     assert_eq!(second.complete_through, Some(16));
     assert_eq!((second.micro_batches, second.largest_micro_batch), (6, 2_000), "{second:?}");
     assert!(second.inserts >= 1, "{second:?}");
+
+    // Third run, from the older state file (version 4): the commits 5–16 are read into the
+    // history, then the new ones scored.
+    std::fs::write(&state_file, &state_at_4).unwrap();
+    common::write_history(dir.path(), &generated(3, 4_000), 32_000, 1_000).await;
+    let third = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
+    assert_eq!((third.scored, third.restored, third.from_snapshot), (4_000, 12_000, Some(4)), "{third:?}");
+    assert_eq!(third.complete_through, Some(20));
+
+    // Fourth run, with the state file damaged (one byte changed): refused, the whole table read.
+    let mut damaged = std::fs::read(&state_file).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x40;
+    std::fs::write(&state_file, &damaged).unwrap();
+    common::write_history(dir.path(), &generated(4, 2_000), 36_000, 1_000).await;
+    let fourth = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
+    assert_eq!((fourth.scored, fourth.restored, fourth.from_snapshot), (2_000, 36_000, None), "{fourth:?}");
+    assert_eq!(fourth.complete_through, Some(22));
 
     // Batch scores of the same table with the same model: equal probabilities, row by row.
     let model = txpipe_jobs::models::ModelStore::new(dir.path().join("models")).current().unwrap().unwrap();
@@ -102,7 +130,7 @@ async fn realtime_and_batch_probabilities_agree_over_a_start_a_restart_and_strea
     )
     .await
     .unwrap();
-    assert_eq!(b.rows, 32_000);
+    assert_eq!(b.rows, 38_000);
     let compared = common::query(
         &clickhouse,
         &format!(
@@ -113,7 +141,7 @@ async fn realtime_and_batch_probabilities_agree_over_a_start_a_restart_and_strea
         ),
     )
     .await;
-    assert_eq!(compared, "32000\t0\t0\t0\t0", "rows, probabilities differing, largest gap, reasons, labels");
+    assert_eq!(compared, "38000\t0\t0\t0\t0", "rows, probabilities differing, largest gap, reasons, labels");
     let realtime = common::query(
         &clickhouse,
         &format!(
@@ -121,7 +149,7 @@ async fn realtime_and_batch_probabilities_agree_over_a_start_a_restart_and_strea
         ),
     )
     .await;
-    assert_eq!(realtime, format!("32000\t32000\t{}", model.version));
+    assert_eq!(realtime, format!("38000\t38000\t{}", model.version));
     common::query(&clickhouse, &format!("DROP DATABASE {db}")).await;
 }
 

@@ -10,6 +10,8 @@ mod table;
 mod tail;
 
 pub use config::TablesConfig;
+/// A loaded Delta table (as `TableTail` hands it out).
+pub use deltalake::DeltaTable;
 /// The Arrow version delta-rs is built with, for callers that build batches.
 pub use deltalake::arrow;
 /// A data file's `add` action, as a written batch hands it to its commit.
@@ -20,4 +22,4 @@ pub use maintenance::{CompactReport, compact, vacuum};
 pub use read::{DataFile, Projection, data_files, read_columns, read_file, read_rows, string_values};
 pub use rows::{CleanRows, EVENT_DATE, QuarantineRows, arrow_type, clean_schema, quarantine_schema};
 pub use table::{DeltaError, Table, TableWriter, open_existing};
-pub use tail::{TableTail, TailBatch};
+pub use tail::{TableTail, TailBatch, table_id};

@@ -50,6 +50,8 @@ pub struct TableTail {
     pending: VecDeque<(u64, Vec<DataFile>, u64)>,
     max_files: usize,
     max_rows: u64,
+    /// The last version to read (None: no end).
+    until: Option<u64>,
 }
 
 fn read_err(location: &str, source: DeltaTableError) -> DeltaError {
@@ -80,7 +82,24 @@ impl TableTail {
             pending: VecDeque::new(),
             max_files: max_files.max(1),
             max_rows: max_rows.max(1),
+            until: None,
         }
+    }
+
+    /// Reads no version after `last`.
+    pub fn until(mut self, last: u64) -> TableTail {
+        self.until = Some(last);
+        self
+    }
+
+    /// Continues the tail after `version` of `table` (its partition columns as `table` has
+    /// them), as if every commit up to it had been read.
+    pub fn resume_after(&mut self, table: &DeltaTable, version: u64) -> Result<(), DeltaError> {
+        let snapshot = table.snapshot().map_err(|e| read_err(&self.location, e))?;
+        self.partition_columns = snapshot.metadata().partition_columns().to_vec();
+        self.next = version + 1;
+        self.pending.clear();
+        Ok(())
     }
 
     /// The next version to be read from the log.
@@ -178,7 +197,7 @@ impl TableTail {
         };
         loop {
             let (files, rows) = waiting(&self.pending);
-            if files >= self.max_files || rows >= self.max_rows {
+            if files >= self.max_files || rows >= self.max_rows || self.until.is_some_and(|u| self.next > u) {
                 break;
             }
             let Some(bytes) = store.read_commit_entry(self.next).await.map_err(err)? else {
@@ -262,6 +281,14 @@ impl TableTail {
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
         Ok(Some(TailBatch { batches, files, rows, complete_through }))
     }
+}
+
+/// The table's id (`metaData.id`): made when the table is created, so a table deleted and
+/// made again at the same place has another.
+pub fn table_id(table: &DeltaTable) -> Result<String, DeltaError> {
+    let location = table.table_url().to_string();
+    let snapshot = table.snapshot().map_err(|e| read_err(&location, e))?;
+    Ok(snapshot.metadata().id().to_string())
 }
 
 /// `numRecords` of a file's statistics (0 when they do not say).

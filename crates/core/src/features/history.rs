@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::hash::BuildHasher;
+use std::io::{self, Read, Write};
 
 use hashbrown::HashTable;
 use smallvec::SmallVec;
@@ -37,6 +38,34 @@ struct Account {
     amounts: u32,
     /// Whether it had an event before (`last` is set).
     seen: bool,
+}
+
+fn put_u64(w: &mut impl Write, x: u64) -> io::Result<()> {
+    w.write_all(&x.to_le_bytes())
+}
+
+fn put_bytes(w: &mut impl Write, b: &[u8]) -> io::Result<()> {
+    put_u64(w, b.len() as u64)?;
+    w.write_all(b)
+}
+
+fn get_u64(r: &mut impl Read) -> io::Result<u64> {
+    let mut b = [0; 8];
+    r.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn get_bytes(r: &mut impl Read) -> io::Result<Vec<u8>> {
+    let n = get_u64(r)?;
+    if n > 1 << 20 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("history snapshot: a {n}-byte string"),
+        ));
+    }
+    let mut b = vec![0; n as usize];
+    r.read_exact(&mut b)?;
+    Ok(b)
 }
 
 /// What an account's earlier events say about the current one.
@@ -175,6 +204,80 @@ impl History {
             }
         };
         &mut self.blocks[n / BLOCK][n % BLOCK]
+    }
+
+    /// Writes the history in the form [`Self::read_from`] reads (little-endian; the accounts
+    /// in the order first seen).
+    pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        put_u64(w, self.country_names.len() as u64)?;
+        for c in &self.country_names {
+            put_bytes(w, c.as_bytes())?;
+        }
+        put_u64(w, self.len() as u64)?;
+        for n in 0..self.len() {
+            let a = &self.blocks[n / BLOCK][n % BLOCK];
+            put_bytes(w, Self::id_of(&self.blocks, &self.ids, n as u32))?;
+            put_u64(w, a.times.len() as u64)?;
+            for &t in &a.times {
+                put_u64(w, t as u64)?;
+            }
+            put_u64(w, a.countries.len() as u64)?;
+            for &(c, k) in &a.countries {
+                put_u64(w, (u64::from(c) << 32) | u64::from(k))?;
+            }
+            for x in
+                [a.newest as u64, a.last as u64, a.sum.to_bits(), u64::from(a.amounts), u64::from(a.seen)]
+            {
+                put_u64(w, x)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a history written by [`Self::write_to`]; an error for data it cannot have written.
+    pub fn read_from(r: &mut impl Read) -> io::Result<History> {
+        let bad =
+            |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("history snapshot: {what}"));
+        let mut h = History::new();
+        let countries = get_u64(r)?;
+        for _ in 0..countries {
+            let name = String::from_utf8(get_bytes(r)?).map_err(|_| bad("a country that is not UTF-8"))?;
+            if h.country_number(&name) as usize + 1 != h.country_names.len() {
+                return Err(bad("a country listed twice"));
+            }
+        }
+        let accounts = get_u64(r)?;
+        for _ in 0..accounts {
+            let id = String::from_utf8(get_bytes(r)?).map_err(|_| bad("an account id that is not UTF-8"))?;
+            let known = h.len();
+            let country_count = h.country_names.len() as u64;
+            let a = h.account_mut(&id);
+            if a.seen {
+                return Err(bad("an account listed twice"));
+            }
+            let times = get_u64(r)?;
+            for _ in 0..times {
+                a.times.push(get_u64(r)? as i64);
+            }
+            let countries = get_u64(r)?;
+            for _ in 0..countries {
+                let x = get_u64(r)?;
+                if x >> 32 >= country_count {
+                    return Err(bad("an unknown country number"));
+                }
+                a.countries.push(((x >> 32) as u32, x as u32));
+            }
+            a.newest = get_u64(r)? as i64;
+            a.last = get_u64(r)? as i64;
+            a.sum = f64::from_bits(get_u64(r)?);
+            a.amounts = u32::try_from(get_u64(r)?).map_err(|_| bad("an amount count out of range"))?;
+            a.seen = match get_u64(r)? {
+                1 => true,
+                _ => return Err(bad("an account without events")),
+            };
+            debug_assert_eq!(h.len(), known + 1);
+        }
+        Ok(h)
     }
 
     /// What the account's history says about an event at `t` (µs), then the event itself
@@ -330,6 +433,36 @@ mod tests {
                 );
             }
             prop_assert_eq!(compact.len(), plain.accounts.len());
+        }
+    }
+
+    proptest! {
+        /// A history written and read back goes on exactly as the original does.
+        #[test]
+        fn a_history_read_back_goes_on_as_the_original(
+            events in proptest::collection::vec((0u8..30, 0i64..5_000, proptest::option::of(0.0f64..500.0), proptest::option::of(0u8..4)), 2..300),
+            split in 0usize..300,
+        ) {
+            let split = split % events.len();
+            let mut original = History::new();
+            let id = |a: u8| format!("acct-{a}");
+            let country = |c: Option<u8>| c.map(|c| ["FR", "DE", "GB", "US"][c as usize]);
+            for &(a, t, amount, c) in &events[..split] {
+                original.observe(&id(a), t * S, amount, country(c), 600 * S);
+            }
+            let mut bytes = Vec::new();
+            original.write_to(&mut bytes).unwrap();
+            let mut copy = History::read_from(&mut bytes.as_slice()).unwrap();
+            prop_assert_eq!(copy.len(), original.len());
+            for &(a, t, amount, c) in &events[split..] {
+                prop_assert_eq!(
+                    copy.observe(&id(a), t * S, amount, country(c), 600 * S),
+                    original.observe(&id(a), t * S, amount, country(c), 600 * S)
+                );
+            }
+            // Cut short anywhere, it is refused, never half read.
+            let cut = 1 + (split * 7_919) % (bytes.len() - 1);
+            prop_assert!(History::read_from(&mut &bytes[..cut]).is_err());
         }
     }
 

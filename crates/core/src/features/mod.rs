@@ -330,16 +330,23 @@ impl Features {
         &self.fitted.names
     }
 
+    /// The window of the history's `count_in_window` (µs); None without history features.
+    pub fn history_window_us(&self) -> Option<i64> {
+        match (&self.history, &self.fitted.history) {
+            (Some(h), Some(_)) => Some(h.window_us),
+            _ => None,
+        }
+    }
+
     /// The fields the account history reads (event time, account, then amount and country
     /// when used); empty without history features. Rows fed only into the history need no
     /// other field.
     pub fn history_fields(&self) -> Vec<usize> {
-        match (&self.history, &self.fitted.history) {
-            (Some(h), Some(_)) => {
-                [Some(self.time), Some(h.account), h.amount, h.country].into_iter().flatten().collect()
-            }
-            _ => Vec::new(),
+        if self.history_window_us().is_none() {
+            return Vec::new();
         }
+        let h = self.history.as_ref().expect("history features");
+        [Some(self.time), Some(h.account), h.amount, h.country].into_iter().flatten().collect()
     }
 
     /// The positions in a row of each categorical feature's one-hot columns (its top values,

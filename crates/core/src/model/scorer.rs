@@ -82,6 +82,17 @@ impl Scorer {
         self.features.history_fields()
     }
 
+    /// What the account history this model builds depends on: the fields it reads and its
+    /// window. Two models with the same key build the same history from the same events.
+    pub fn history_key(&self, schema: &crate::schema::Schema) -> String {
+        let fields: Vec<&str> =
+            self.features.history_fields().iter().map(|&i| schema.fields()[i].name.as_str()).collect();
+        match self.features.history_window_us() {
+            Some(w) => format!("fields {} window {w} us", fields.join(",")),
+            None => "no history".to_string(),
+        }
+    }
+
     /// Adds an event to the history without scoring it (an event before the range scored).
     pub fn observe(&mut self, values: &[Value<'_>], history: &mut History) {
         self.features.row(values, history, &mut self.row);

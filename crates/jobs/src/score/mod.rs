@@ -22,7 +22,7 @@
 //! repeat further apart than that is scored again (its row replaces the first in ClickHouse).
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,8 @@ use txpipe_core::units::parse_duration_us;
 use crate::models::ModelStore;
 use crate::train::rows::Rows;
 use crate::{JobError, Result, Shutdown};
+
+mod snapshot;
 
 /// Transaction ids remembered for dropping repeats.
 pub const RECENT_IDS: usize = 1 << 20;
@@ -68,6 +70,11 @@ pub struct ScoreConfig {
     pub model_poll_interval: String,
     /// Files read at once when restoring the history at start.
     pub read_parallelism: usize,
+    /// Where score keeps its state (the account history at a version, so a start reads only
+    /// the commits after it); "" keeps none.
+    pub state_dir: String,
+    /// How often the state is written while running (also at a clean stop).
+    pub snapshot_interval: String,
     /// Stop after this many seconds without new commits (absent: run until stopped).
     pub exit_when_idle: Option<f64>,
     /// Log the counters at this interval.
@@ -84,6 +91,8 @@ impl Default for ScoreConfig {
             flush_latency: "100ms".into(),
             model_poll_interval: "1s".into(),
             read_parallelism: 4,
+            state_dir: "state/score".into(),
+            snapshot_interval: "5m".into(),
             exit_when_idle: None,
             stats_interval: "10s".into(),
         }
@@ -108,6 +117,8 @@ pub struct ScoreSettings {
     pub flush: Duration,
     pub model_poll: Duration,
     pub read_parallelism: usize,
+    pub state_dir: Option<std::path::PathBuf>,
+    pub snapshot_every: Duration,
     pub exit_when_idle: Option<Duration>,
     pub stats: Duration,
 }
@@ -152,6 +163,8 @@ impl ScoreConfig {
             flush: duration("score.flush_latency", &self.flush_latency)?,
             model_poll: duration("score.model_poll_interval", &self.model_poll_interval)?,
             read_parallelism: self.read_parallelism,
+            state_dir: (!self.state_dir.trim().is_empty()).then(|| self.state_dir.trim().into()),
+            snapshot_every: duration("score.snapshot_interval", &self.snapshot_interval)?,
             exit_when_idle,
             stats: duration("score.stats_interval", &self.stats_interval)?,
         })
@@ -186,6 +199,10 @@ pub struct ScoreReport {
     /// Micro-batches read from the stream, and the rows of the largest.
     pub micro_batches: u64,
     pub largest_micro_batch: u64,
+    /// The version of the state file the start loaded (None: none was used).
+    pub from_snapshot: Option<u64>,
+    /// State files written.
+    pub snapshots: u64,
     /// The highest Delta version whose rows are all in ClickHouse.
     pub complete_through: Option<u64>,
     /// The model versions used, in order.
@@ -236,23 +253,33 @@ impl Latency {
     }
 }
 
-/// The last [`RECENT_IDS`] transaction ids seen, as hashes.
-struct RecentIds {
+/// The last [`RECENT_IDS`] transaction ids seen, as 64-bit hashes with a seed of their own
+/// (kept in score's state file with them).
+pub(crate) struct RecentIds {
     order: VecDeque<u64>,
-    set: HashSet<u64>,
-    hasher: std::collections::hash_map::RandomState,
+    set: HashSet<u64, foldhash::fast::RandomState>,
+    seed: u64,
+    hasher: foldhash::quality::FixedState,
 }
 
 impl RecentIds {
     fn new() -> RecentIds {
-        RecentIds { order: VecDeque::new(), set: HashSet::new(), hasher: Default::default() }
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0u64);
+        RecentIds::with_seed(seed)
+    }
+
+    fn with_seed(seed: u64) -> RecentIds {
+        RecentIds {
+            order: VecDeque::new(),
+            set: HashSet::default(),
+            seed,
+            hasher: foldhash::quality::FixedState::with_seed(seed),
+        }
     }
 
     /// Whether `id` is new (then it is remembered).
     fn first(&mut self, id: &str) -> bool {
-        let mut h = self.hasher.build_hasher();
-        h.write(id.as_bytes());
-        let h = h.finish();
+        let h = self.hasher.hash_one(id.as_bytes());
         if !self.set.insert(h) {
             return false;
         }
@@ -263,6 +290,35 @@ impl RecentIds {
             self.set.remove(&old);
         }
         true
+    }
+
+    /// The seed and the hashes, oldest first.
+    fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        w.write_all(&self.seed.to_le_bytes())?;
+        w.write_all(&(self.order.len() as u64).to_le_bytes())?;
+        for h in &self.order {
+            w.write_all(&h.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn read_from(r: &mut impl std::io::Read) -> std::io::Result<RecentIds> {
+        let mut b = [0; 8];
+        r.read_exact(&mut b)?;
+        let mut recent = RecentIds::with_seed(u64::from_le_bytes(b));
+        r.read_exact(&mut b)?;
+        let n = u64::from_le_bytes(b);
+        if n > RECENT_IDS as u64 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{n} recent ids")));
+        }
+        for _ in 0..n {
+            r.read_exact(&mut b)?;
+            let h = u64::from_le_bytes(b);
+            if recent.set.insert(h) {
+                recent.order.push_back(h);
+            }
+        }
+        Ok(recent)
     }
 }
 
@@ -445,33 +501,33 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
     };
     let mut latency = Latency::new();
     let copied = copied_fields(&job.schema, serving.columns())?;
+    let table_id = txpipe_connectors::delta::table_id(&table)?;
+    let history_key = current.scorer.as_ref().expect("a model is loaded").history_key(&job.schema);
+    let mut snapshots = settings.state_dir.as_ref().map(|dir| Snapshots {
+        path: snapshot::file(dir, &location, &job.clickhouse.database),
+        location: location.clone(),
+        database: job.clickhouse.database.clone(),
+        table_id: table_id.clone(),
+        history_key: history_key.clone(),
+        every: settings.snapshot_every,
+        last: Instant::now(),
+        version: None,
+    });
     if let Some(base) = base {
         let mut table = table;
-        if table.version() != Some(base) {
-            table
-                .load_version(base)
-                .await
-                .map_err(|e| JobError::Internal(format!("loading version {base}: {e}")))?;
-        }
-        // Rows that only feed the history need only the fields it reads.
-        let history_only: Option<Vec<&str>> = (!score_base).then(|| {
-            let scorer = current.scorer.as_ref().expect("a model is loaded");
-            let mut fields: Vec<usize> = scorer.history_fields();
-            fields.push(job.schema.id_index());
-            let mut names: Vec<&str> = fields.iter().map(|&i| job.schema.fields()[i].name.as_str()).collect();
-            names.extend(["kafka_partition", "kafka_offset"]);
-            names
-        });
-        let batches = tail.read_state(&table, settings.read_parallelism, history_only.as_deref()).await?;
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        tracing::info!(version = base, rows, scoring = score_base, "read the table up to the resume point");
+        let ctx =
+            Ctx { schema: job.schema.clone(), copied: copied.clone(), columns: serving.columns().to_vec() };
         if score_base {
+            if table.version() != Some(base) {
+                table
+                    .load_version(base)
+                    .await
+                    .map_err(|e| JobError::Internal(format!("loading version {base}: {e}")))?;
+            }
+            let batches = tail.read_state(&table, settings.read_parallelism, None).await?;
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            tracing::info!(version = base, rows, "read the table to score it from the start");
             // Scored on a blocking thread, inserted here as chunks fill (two in flight at most).
-            let ctx = Ctx {
-                schema: job.schema.clone(),
-                copied: copied.clone(),
-                columns: serving.columns().to_vec(),
-            };
             let mut scorer = current.scorer.take().expect("a model is loaded");
             let chunk_rows = job.clickhouse.insert_rows;
             let (tx, mut rx) = tokio::sync::mpsc::channel::<PredictionRows>(2);
@@ -513,16 +569,81 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
                 .await?;
             report.complete_through = Some(base);
         } else {
-            let ctx = Ctx {
-                schema: job.schema.clone(),
-                copied: copied.clone(),
-                columns: serving.columns().to_vec(),
-            };
+            // Rows that only feed the history need only the fields it reads.
             let scorer = current.scorer.as_mut().expect("a model is loaded");
-            report.restored = tokio::task::block_in_place(|| {
-                observe_rows(&ctx, scorer, &batches, &mut history, &mut recent)
-            })?;
-            drop(batches);
+            let mut fields: Vec<usize> = scorer.history_fields();
+            fields.push(job.schema.id_index());
+            let mut names: Vec<&str> = fields.iter().map(|&i| job.schema.fields()[i].name.as_str()).collect();
+            names.extend(["kafka_partition", "kafka_offset"]);
+            let narrow: Vec<(&str, DataType)> =
+                wanted.iter().filter(|(n, _)| names.contains(n)).cloned().collect();
+            let mut from_snapshot = None;
+            if let Some(snaps) = &snapshots {
+                match tokio::task::block_in_place(|| snapshot::read(&snaps.path, &snaps.key())) {
+                    Ok(Some(loaded)) if loaded.version <= base => {
+                        let (mut h, mut r) = (loaded.history, loaded.recent);
+                        let replay = TableTail::new(
+                            &location,
+                            &job.tables.storage_options,
+                            &narrow,
+                            0,
+                            settings.max_files,
+                            settings.max_rows,
+                        )
+                        .until(base);
+                        match replay_into(replay, &table, loaded.version, base, &ctx, scorer, &mut h, &mut r)
+                            .await
+                        {
+                            Ok(replayed) => {
+                                tracing::info!(
+                                    snapshot_version = loaded.version,
+                                    replayed,
+                                    resume = base,
+                                    "account history loaded from the state file, then the commits after it"
+                                );
+                                (history, recent) = (h, r);
+                                report.restored = replayed;
+                                from_snapshot = Some(loaded.version);
+                            }
+                            Err(e) => tracing::warn!(
+                                error = %e,
+                                snapshot_version = loaded.version,
+                                "could not read the commits after the state file; reading the table instead"
+                            ),
+                        }
+                    }
+                    Ok(Some(loaded)) => tracing::warn!(
+                        snapshot_version = loaded.version,
+                        resume = base,
+                        "the state file is past the resume point (ClickHouse restored from an older backup?); \
+                         reading the table instead"
+                    ),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "not using the state file; reading the table instead")
+                    }
+                }
+            }
+            report.from_snapshot = from_snapshot;
+            if from_snapshot.is_none() {
+                if table.version() != Some(base) {
+                    table
+                        .load_version(base)
+                        .await
+                        .map_err(|e| JobError::Internal(format!("loading version {base}: {e}")))?;
+                }
+                let batches = tail.read_state(&table, settings.read_parallelism, Some(&names)).await?;
+                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                tracing::info!(
+                    version = base,
+                    rows,
+                    "read the table up to the resume point into the history"
+                );
+                report.restored = tokio::task::block_in_place(|| {
+                    observe_rows(&ctx, scorer, &batches, &mut history, &mut recent)
+                })?;
+            }
+            tail.resume_after(&table, base)?;
             report.complete_through = resume;
         }
         tracing::info!(
@@ -531,6 +652,11 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
             "account history restored"
         );
         release_freed_memory();
+        if let Some(snaps) = &mut snapshots
+            && report.from_snapshot != Some(base)
+        {
+            snaps.save(base, &recent, &history, &mut *report);
+        }
     } else {
         tail = TableTail::new(
             &location,
@@ -554,6 +680,16 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
         }
         if current.check(&job.schema, settings.model_poll, &mut *report) {
             metrics::counter!("txpipe_score_model_changes_total").increment(1);
+            let key = current.scorer.as_ref().expect("a model is loaded").history_key(&job.schema);
+            if let Some(snaps) = &mut snapshots
+                && key != snaps.history_key
+            {
+                tracing::info!(
+                    "the new model's history reads other fields or another window: no state file is written \
+                     until a restart builds its history"
+                );
+                snapshots = None;
+            }
         }
         let batch = tail.poll().await?;
         let got = batch.is_some();
@@ -582,6 +718,13 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
             || pending.rows.len() >= job.clickhouse.insert_rows;
         if due {
             flush(&serving, &job.backoff, go, &location, &mut pending, &mut latency, &mut *report).await?;
+            if let Some(snaps) = &mut snapshots
+                && let Some(v) = report.complete_through
+                && snaps.version.is_none_or(|s| s < v)
+                && snaps.last.elapsed() >= snaps.every
+            {
+                snaps.save(v, &recent, &history, &mut *report);
+            }
             // A flush can take long (ClickHouse away): look at the log again before calling
             // the stream idle.
             if idle_since.is_some() {
@@ -615,11 +758,93 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
         }
     }
     flush(&serving, &job.backoff, go, &location, &mut pending, &mut latency, &mut *report).await?;
+    if let Some(snaps) = &mut snapshots
+        && let Some(v) = report.complete_through
+        && snaps.version.is_none_or(|s| s < v)
+    {
+        snaps.save(v, &recent, &history, &mut *report);
+    }
     report.latency_p50_s = latency.quantile(0.5);
     report.latency_p99_s = latency.quantile(0.99);
     report.latency_over_60s = latency.over;
     report.elapsed_s = started.elapsed().as_secs_f64();
     Ok(())
+}
+
+/// Where and when score's state is written (see [`snapshot`]).
+struct Snapshots {
+    path: std::path::PathBuf,
+    location: String,
+    database: String,
+    table_id: String,
+    history_key: String,
+    every: Duration,
+    last: Instant,
+    /// The version of the state written last by this run.
+    version: Option<u64>,
+}
+
+impl Snapshots {
+    fn key(&self) -> snapshot::Key<'_> {
+        snapshot::Key {
+            location: &self.location,
+            database: &self.database,
+            table_id: &self.table_id,
+            history: &self.history_key,
+        }
+    }
+
+    /// Writes the state at `version` (every row up to it in the history); a failure is said
+    /// and the run goes on (the next start reads more of the table).
+    fn save(&mut self, version: u64, recent: &RecentIds, history: &History, report: &mut ScoreReport) {
+        let started = Instant::now();
+        let written = tokio::task::block_in_place(|| {
+            snapshot::write(&self.path, &self.key(), version, recent, history)
+        });
+        self.last = Instant::now();
+        match written {
+            Ok(bytes) => {
+                self.version = Some(version);
+                report.snapshots += 1;
+                tracing::info!(
+                    version,
+                    accounts = history.len(),
+                    mb = bytes >> 20,
+                    seconds = started.elapsed().as_secs_f64(),
+                    path = %self.path.display(),
+                    "state written"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, path = %self.path.display(), "writing the state failed"),
+        }
+    }
+}
+
+/// Feeds the commits after `from` up to `to` into the history (the state file's version up to
+/// the resume point); the rows fed.
+#[allow(clippy::too_many_arguments)]
+async fn replay_into(
+    mut tail: TableTail,
+    table: &txpipe_connectors::delta::DeltaTable,
+    from: u64,
+    to: u64,
+    ctx: &Ctx,
+    scorer: &mut Scorer,
+    history: &mut History,
+    recent: &mut RecentIds,
+) -> Result<u64> {
+    tail.resume_after(table, from)?;
+    let mut rows = 0;
+    while tail.next_version() <= to {
+        let Some(batch) = tail.poll().await? else {
+            return Err(JobError::Internal(format!(
+                "the table's log ends at version {} before the resume point {to}",
+                tail.next_version().saturating_sub(1)
+            )));
+        };
+        rows += tokio::task::block_in_place(|| observe_rows(ctx, scorer, &batch.batches, history, recent))?;
+    }
+    Ok(rows)
 }
 
 /// Hands the memory freed by the start's read back to the system (the allocator keeps freed
