@@ -1,6 +1,8 @@
 //! `txpipe score` in process, on real Delta tables in temporary folders and the real
 //! ClickHouse of `scripts/services`: realtime and batch probabilities agree bit for bit over
-//! a start, a restart and streamed commits; a model published mid-stream is picked up.
+//! a start, restarts (from the state file, from an older one, from the table) and streamed
+//! commits; a model published mid-stream is picked up; catching up from the start reads the log
+//! commit by commit, or the table as it is when files were vacuumed or the log cleaned up.
 
 mod common;
 
@@ -194,4 +196,69 @@ async fn a_model_published_mid_stream_scores_the_rows_after_it() {
     .await;
     assert_eq!(versions, format!("000001\t13000\n{v2}\t3000"));
     common::query(&clickhouse, &format!("DROP DATABASE {db}")).await;
+}
+
+/// Every row of the table once in `transactions_realtime`, and how many there are.
+async fn realtime_count(clickhouse: &txpipe_connectors::clickhouse::ClickHouseConfig) -> String {
+    let db = &clickhouse.database;
+    common::query(
+        clickhouse,
+        &format!(
+            "SELECT count(), uniqExact(transaction_id), countIf(fraud_probability >= 0 AND fraud_probability <= 1) \
+             FROM {db}.transactions_realtime"
+        ),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catching_up_from_the_start_reads_commit_by_commit_or_the_table_when_the_log_cannot() {
+    use std::collections::HashSet;
+    use txpipe_connectors::delta::{compact, data_files, open_existing};
+
+    // 1. The log whole: read commit by commit, in micro-batches of at most 3,000 rows.
+    let dir = tempfile::tempdir().unwrap();
+    let clickhouse = common::fresh_clickhouse("catchup_log");
+    common::write_history(dir.path(), &generated(5, 20_000), 0, 2_000).await;
+    train::run(train_job(dir.path())).await.unwrap();
+    let config = ScoreConfig { max_rows: 3_000, ..ScoreConfig::default() };
+    let r = score::run(score_job_with(dir.path(), &clickhouse, config), Shutdown::new()).await.unwrap();
+    assert_eq!((r.scored, r.complete_through, r.micro_batches), (20_000, Some(10), 10), "{r:?}");
+    assert!(r.largest_micro_batch <= 3_000, "{r:?}");
+    assert_eq!(realtime_count(&clickhouse).await, "20000\t20000\t20000");
+    common::query(&clickhouse, &format!("DROP DATABASE {}", clickhouse.database)).await;
+
+    // 2. Compacted, and the files the compaction replaced deleted (what vacuum does once they
+    // are old enough): the first commits' files are gone, so the table as it is now is scored.
+    let clickhouse = common::fresh_clickhouse("catchup_vacuumed");
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let location = dir.path().join("clean").display().to_string();
+    let mut table = open_existing(&location, &Default::default()).await.unwrap();
+    let before: HashSet<String> =
+        data_files(&table).unwrap().into_iter().map(|f| f.path.to_string()).collect();
+    compact(&mut table, &location, 1 << 30).await.unwrap();
+    let after: HashSet<String> =
+        data_files(&table).unwrap().into_iter().map(|f| f.path.to_string()).collect();
+    let newest = table.version().expect("a version");
+    let replaced: Vec<&String> = before.difference(&after).collect();
+    assert!(!replaced.is_empty(), "the compaction replaced no file");
+    for path in &replaced {
+        std::fs::remove_file(dir.path().join("clean").join(path.as_str())).unwrap();
+    }
+    let r = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
+    // Nothing read commit by commit: the first commit's file is gone.
+    assert_eq!((r.scored, r.complete_through, r.micro_batches), (20_000, Some(newest), 0), "{r:?}");
+    assert_eq!(realtime_count(&clickhouse).await, "20000\t20000\t20000");
+    common::query(&clickhouse, &format!("DROP DATABASE {}", clickhouse.database)).await;
+
+    // 3. The log's first entries removed after a checkpoint (log clean-up): the table as it is.
+    let clickhouse = common::fresh_clickhouse("catchup_cleaned");
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let table = open_existing(&location, &Default::default()).await.unwrap();
+    deltalake::checkpoints::create_checkpoint(&table, None).await.unwrap();
+    std::fs::remove_file(dir.path().join("clean/_delta_log/00000000000000000000.json")).unwrap();
+    let r = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
+    assert_eq!((r.scored, r.complete_through, r.micro_batches), (20_000, Some(newest), 0), "{r:?}");
+    assert_eq!(realtime_count(&clickhouse).await, "20000\t20000\t20000");
+    common::query(&clickhouse, &format!("DROP DATABASE {}", clickhouse.database)).await;
 }

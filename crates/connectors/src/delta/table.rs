@@ -46,6 +46,9 @@ pub enum DeltaError {
     Read { location: String, source: Box<DeltaTableError> },
     #[error("delta table {location}: {operation} failed: {source}")]
     Maintenance { location: String, operation: &'static str, source: Box<DeltaTableError> },
+    /// A log entry or a data file of a commit not read yet was removed (log clean-up, vacuum).
+    #[error("delta table {location}: {detail}")]
+    Gone { location: String, detail: String },
 }
 
 impl DeltaError {
@@ -63,7 +66,7 @@ impl DeltaError {
                     | DeltaTableError::Io { .. }
                     | DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(_) }
             ),
-            DeltaError::Conflict { .. } | DeltaError::Layout { .. } => false,
+            DeltaError::Conflict { .. } | DeltaError::Layout { .. } | DeltaError::Gone { .. } => false,
         }
     }
 }

@@ -102,6 +102,13 @@ impl TableTail {
         Ok(())
     }
 
+    /// Whether the log still holds its first entry (version 0), so that the table can be read
+    /// commit by commit from its start; false while the table does not exist.
+    pub async fn log_starts_at_zero(&mut self) -> Result<bool, DeltaError> {
+        let Some(store) = self.log_store().await? else { return Ok(false) };
+        Ok(store.read_commit_entry(0).await.map_err(|e| read_err(&self.location, e))?.is_some())
+    }
+
     /// The next version to be read from the log.
     pub fn next_version(&self) -> u64 {
         self.next
@@ -204,12 +211,15 @@ impl TableTail {
                 if let Some(cp) = last_checkpoint(store.as_ref()).await.map_err(err)?
                     && cp >= self.next
                 {
-                    return Err(err(DeltaTableError::Generic(format!(
-                        "the log entries from version {} on were removed by log clean-up (a checkpoint \
-                         of version {cp} is there) before they were read; start again from a version \
-                         that is still in the log, or from the newest",
-                        self.next
-                    ))));
+                    return Err(DeltaError::Gone {
+                        location: location.clone(),
+                        detail: format!(
+                            "the log entries from version {} on were removed by log clean-up (a checkpoint \
+                             of version {cp} is there) before they were read; start again from a version \
+                             that is still in the log, or from the newest",
+                            self.next
+                        ),
+                    });
                 }
                 break;
             };
@@ -255,13 +265,14 @@ impl TableTail {
                     read_projected(store_root.clone(), file, &self.out_schema, &self.partition_columns).await;
                 match read {
                     Ok(b) => batches.extend(b),
-                    Err(DeltaTableError::ObjectStore {
-                        source: deltalake::ObjectStoreError::NotFound { .. },
-                    }) => {
-                        return Err(err(DeltaTableError::Generic(format!(
-                            "data file {} added by version {version} is gone (vacuumed before it was read?)",
-                            file.path
-                        ))));
+                    Err(e) if not_found(&e) => {
+                        return Err(DeltaError::Gone {
+                            location: self.location.clone(),
+                            detail: format!(
+                                "data file {} added by version {version} is gone (vacuumed before it was read?)",
+                                file.path
+                            ),
+                        });
                     }
                     Err(e) => {
                         failed = Some(e);
@@ -289,6 +300,24 @@ pub fn table_id(table: &DeltaTable) -> Result<String, DeltaError> {
     let location = table.table_url().to_string();
     let snapshot = table.snapshot().map_err(|e| read_err(&location, e))?;
     Ok(snapshot.metadata().id().to_string())
+}
+
+/// Whether reading failed because the file is not there (as the object store says it, or as
+/// the Parquet reader passes it on).
+fn not_found(e: &DeltaTableError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(deltalake::ObjectStoreError::NotFound { .. }) =
+            c.downcast_ref::<deltalake::ObjectStoreError>()
+        {
+            return true;
+        }
+        if c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// `numRecords` of a file's statistics (0 when they do not say).

@@ -381,6 +381,17 @@ struct Pending {
     since: Option<Instant>,
 }
 
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            rows: PredictionRows::new(Target::Realtime),
+            times: Vec::new(),
+            complete_through: None,
+            since: None,
+        }
+    }
+}
+
 /// Runs score until `shutdown` (or idle, with `exit_when_idle`). Asked to stop while ClickHouse
 /// is away, it stops (within a quarter of a second of a wait) instead of waiting for ClickHouse:
 /// the rows not written are scored again at the next start, as the resume point did not move.
@@ -484,8 +495,15 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
     };
     let newest = table.version().unwrap_or(0);
     // (version whose state is read, whether its rows are scored)
+    // Catching up from the start reads the log commit by commit (micro-batches of bounded size,
+    // progress recorded as it goes) while it still holds every commit; the table as it is now
+    // (all its rows at once) when the log's first entries are gone, or as soon as a commit
+    // turns out unreadable (a data file vacuumed after compaction).
+    let from_log = resume.is_none() && settings.start == Start::Earliest && tail.log_starts_at_zero().await?;
+    let mut catch_up_until = from_log.then_some(newest);
     let (base, score_base) = match (resume, settings.start) {
         (Some(v), _) => (Some(v.min(newest)), false),
+        (None, Start::Earliest) if from_log => (None, false),
         (None, Start::Earliest) => (Some(newest), true),
         (None, Start::Latest) => (Some(newest), false),
         (None, Start::Version(0)) => (None, false),
@@ -493,12 +511,7 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
     };
     let mut history = History::new();
     let mut recent = RecentIds::new();
-    let mut pending = Pending {
-        rows: PredictionRows::new(Target::Realtime),
-        times: Vec::new(),
-        complete_through: None,
-        since: None,
-    };
+    let mut pending = Pending::new();
     let mut latency = Latency::new();
     let copied = copied_fields(&job.schema, serving.columns())?;
     let table_id = txpipe_connectors::delta::table_id(&table)?;
@@ -518,56 +531,18 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
         let ctx =
             Ctx { schema: job.schema.clone(), copied: copied.clone(), columns: serving.columns().to_vec() };
         if score_base {
-            if table.version() != Some(base) {
-                table
-                    .load_version(base)
-                    .await
-                    .map_err(|e| JobError::Internal(format!("loading version {base}: {e}")))?;
-            }
-            let batches = tail.read_state(&table, settings.read_parallelism, None).await?;
-            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-            tracing::info!(version = base, rows, "read the table to score it from the start");
-            // Scored on a blocking thread, inserted here as chunks fill (two in flight at most).
-            let mut scorer = current.scorer.take().expect("a model is loaded");
-            let chunk_rows = job.clickhouse.insert_rows;
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<PredictionRows>(2);
-            let work = tokio::task::spawn_blocking(move || {
-                let (mut history, mut recent, mut counts) =
-                    (History::new(), RecentIds::new(), ScoreReport::default());
-                let mut out = PredictionRows::new(Target::Realtime);
-                let scored = score_rows(
-                    &ctx,
-                    &mut scorer,
-                    &batches,
-                    &mut history,
-                    &mut recent,
-                    &mut out,
-                    None,
-                    &mut counts,
-                    |rows| {
-                        if rows.len() >= chunk_rows {
-                            let _ = tx.blocking_send(std::mem::replace(
-                                rows,
-                                PredictionRows::new(Target::Realtime),
-                            ));
-                        }
-                    },
-                );
-                let _ = tx.blocking_send(out);
-                scored.map(|()| (scorer, history, recent, counts))
-            });
-            while let Some(chunk) = rx.recv().await {
-                insert(&serving, &job.backoff, go, &chunk, &mut *report).await?;
-            }
-            let (scorer, h, r, counts) =
-                work.await.map_err(|e| JobError::Internal(format!("the scoring task: {e}")))??;
-            (current.scorer, history, recent) = (Some(scorer), h, r);
-            report.scored += counts.scored;
-            report.repeats += counts.repeats;
-            job.backoff
-                .retry_while("recording progress", retryable, go, || serving.record_progress(&location, base))
-                .await?;
-            report.complete_through = Some(base);
+            (history, recent) = score_whole_table(
+                &job,
+                &serving,
+                go,
+                &location,
+                &mut tail,
+                table,
+                ctx,
+                &mut current,
+                &mut *report,
+            )
+            .await?;
         } else {
             // Rows that only feed the history need only the fields it reads.
             let scorer = current.scorer.as_mut().expect("a model is loaded");
@@ -691,7 +666,45 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
                 snapshots = None;
             }
         }
-        let batch = tail.poll().await?;
+        let batch = match tail.poll().await {
+            Ok(b) => b,
+            Err(e @ txpipe_connectors::delta::DeltaError::Gone { .. }) if catch_up_until.is_some() => {
+                tracing::warn!(
+                    error = %e,
+                    "the table's early commits cannot all be read one by one any more; scoring the table as it \
+                     is now instead (rows already written are replaced, not repeated)"
+                );
+                report.scored -= pending.rows.len() as u64;
+                pending = Pending::new();
+                let table = tail
+                    .load_newest()
+                    .await?
+                    .ok_or_else(|| JobError::Internal(format!("{location}: the table is gone")))?;
+                let ctx = Ctx {
+                    schema: job.schema.clone(),
+                    copied: copied.clone(),
+                    columns: serving.columns().to_vec(),
+                };
+                (history, recent) = score_whole_table(
+                    &job,
+                    &serving,
+                    go,
+                    &location,
+                    &mut tail,
+                    table,
+                    ctx,
+                    &mut current,
+                    &mut *report,
+                )
+                .await?;
+                catch_up_until = None;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if catch_up_until.is_some_and(|v| tail.next_version() > v) {
+            catch_up_until = None;
+        }
         let got = batch.is_some();
         if let Some(b) = batch {
             idle_since = None;
@@ -818,6 +831,68 @@ impl Snapshots {
             Err(e) => tracing::warn!(error = %e, path = %self.path.display(), "writing the state failed"),
         }
     }
+}
+
+/// Scores every row of the table at `table`'s version (read all at once, scored on a blocking
+/// thread, inserted as chunks fill, two in flight at most), records the progress, and returns
+/// the history and recent ids after them; the tail goes on after that version.
+#[allow(clippy::too_many_arguments)]
+async fn score_whole_table(
+    job: &ScoreJob,
+    serving: &Serving,
+    go: &(dyn Fn() -> bool + Sync),
+    location: &str,
+    tail: &mut TableTail,
+    table: txpipe_connectors::delta::DeltaTable,
+    ctx: Ctx,
+    current: &mut Current,
+    report: &mut ScoreReport,
+) -> Result<(History, RecentIds)> {
+    let base = table.version().unwrap_or(0);
+    let batches = tail.read_state(&table, job.settings.read_parallelism, None).await?;
+    drop(table);
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    tracing::info!(version = base, rows, "read the table to score it whole");
+    let mut scorer = current.scorer.take().expect("a model is loaded");
+    let chunk_rows = job.clickhouse.insert_rows;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<PredictionRows>(2);
+    let work = tokio::task::spawn_blocking(move || {
+        let (mut history, mut recent, mut counts) =
+            (History::new(), RecentIds::new(), ScoreReport::default());
+        let mut out = PredictionRows::new(Target::Realtime);
+        let scored = score_rows(
+            &ctx,
+            &mut scorer,
+            &batches,
+            &mut history,
+            &mut recent,
+            &mut out,
+            None,
+            &mut counts,
+            |rows| {
+                if rows.len() >= chunk_rows {
+                    let _ = tx.blocking_send(std::mem::replace(rows, PredictionRows::new(Target::Realtime)));
+                }
+            },
+        );
+        let _ = tx.blocking_send(out);
+        scored.map(|()| (scorer, history, recent, counts))
+    });
+    while let Some(chunk) = rx.recv().await {
+        insert(serving, &job.backoff, go, &chunk, report).await?;
+    }
+    let (scorer, history, recent, counts) =
+        work.await.map_err(|e| JobError::Internal(format!("the scoring task: {e}")))??;
+    current.scorer = Some(scorer);
+    report.scored += counts.scored;
+    report.repeats += counts.repeats;
+    job.backoff
+        .retry_while("recording progress", ClickHouseError::retryable, go, || {
+            serving.record_progress(location, base)
+        })
+        .await?;
+    report.complete_through = Some(base);
+    Ok((history, recent))
 }
 
 /// Feeds the commits after `from` up to `to` into the history (the state file's version up to
