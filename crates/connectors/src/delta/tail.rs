@@ -52,6 +52,8 @@ pub struct TableTail {
     max_rows: u64,
     /// The last version to read (None: no end).
     until: Option<u64>,
+    /// Data files read at once.
+    parallel: usize,
 }
 
 fn read_err(location: &str, source: DeltaTableError) -> DeltaError {
@@ -83,7 +85,14 @@ impl TableTail {
             max_files: max_files.max(1),
             max_rows: max_rows.max(1),
             until: None,
+            parallel: 1,
         }
+    }
+
+    /// Reads up to `files` data files at once (one by default); batches keep their order.
+    pub fn reading(mut self, files: usize) -> TableTail {
+        self.parallel = files.max(1);
+        self
     }
 
     /// Reads no version after `last`.
@@ -257,27 +266,42 @@ impl TableTail {
         }
         let commits: Vec<(u64, Vec<DataFile>, u64)> = self.pending.drain(..take).collect();
         let store_root = store.object_store(None);
+        // The files in order, `parallel` read at once.
+        let reads: Vec<(u64, DataFile, Result<Vec<RecordBatch>, DeltaTableError>)> = {
+            use futures::StreamExt;
+            let files: Vec<(u64, DataFile)> =
+                commits.iter().flat_map(|(v, added, _)| added.iter().map(move |f| (*v, f.clone()))).collect();
+            let (schema, partitions) = (self.out_schema.clone(), Arc::new(self.partition_columns.clone()));
+            futures::stream::iter(files)
+                .map(move |(version, file)| {
+                    let (store, schema, partitions) =
+                        (store_root.clone(), schema.clone(), partitions.clone());
+                    async move {
+                        let read = read_projected(store, &file, &schema, &partitions).await;
+                        (version, file, read)
+                    }
+                })
+                .buffered(self.parallel)
+                .collect()
+                .await
+        };
         let mut batches = Vec::new();
         let mut failed = None;
-        'read: for (version, added, _) in &commits {
-            for file in added {
-                let read =
-                    read_projected(store_root.clone(), file, &self.out_schema, &self.partition_columns).await;
-                match read {
-                    Ok(b) => batches.extend(b),
-                    Err(e) if not_found(&e) => {
-                        return Err(DeltaError::Gone {
-                            location: self.location.clone(),
-                            detail: format!(
-                                "data file {} added by version {version} is gone (vacuumed before it was read?)",
-                                file.path
-                            ),
-                        });
-                    }
-                    Err(e) => {
-                        failed = Some(e);
-                        break 'read;
-                    }
+        for (version, file, read) in reads {
+            match read {
+                Ok(b) => batches.extend(b),
+                Err(e) if not_found(&e) => {
+                    return Err(DeltaError::Gone {
+                        location: self.location.clone(),
+                        detail: format!(
+                            "data file {} added by version {version} is gone (vacuumed before it was read?)",
+                            file.path
+                        ),
+                    });
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
             }
         }

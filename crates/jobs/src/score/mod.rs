@@ -466,7 +466,8 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
         0,
         settings.max_files,
         settings.max_rows,
-    );
+    )
+    .reading(settings.read_parallelism);
 
     // Where to resume, and the history up to there.
     let resume = job
@@ -565,7 +566,8 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
                             settings.max_files,
                             settings.max_rows,
                         )
-                        .until(base);
+                        .until(base)
+                        .reading(settings.read_parallelism);
                         match replay_into(replay, &table, loaded.version, base, &ctx, scorer, &mut h, &mut r)
                             .await
                         {
@@ -640,7 +642,8 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
             0,
             settings.max_files,
             settings.max_rows,
-        );
+        )
+        .reading(settings.read_parallelism);
     }
 
     // The stream.
