@@ -22,4 +22,4 @@ pub use maintenance::{CompactReport, compact, vacuum};
 pub use read::{DataFile, Projection, data_files, read_columns, read_file, read_rows, string_values};
 pub use rows::{CleanRows, EVENT_DATE, QuarantineRows, arrow_type, clean_schema, quarantine_schema};
 pub use table::{DeltaError, Table, TableWriter, open_existing};
-pub use tail::{TableTail, TailBatch, table_id};
+pub use tail::{TableTail, TailBatch, has_columns, table_id};

@@ -344,6 +344,14 @@ fn not_found(e: &DeltaTableError) -> bool {
     false
 }
 
+/// Whether the table's schema has every one of `columns`.
+pub fn has_columns(table: &DeltaTable, columns: &[&str]) -> Result<bool, DeltaError> {
+    let location = table.table_url().to_string();
+    let snapshot = table.snapshot().map_err(|e| read_err(&location, e))?;
+    let schema = snapshot.snapshot().arrow_schema();
+    Ok(columns.iter().all(|c| schema.field_with_name(c).is_ok()))
+}
+
 /// `numRecords` of a file's statistics (0 when they do not say).
 fn num_records(stats: &str) -> u64 {
     #[derive(serde::Deserialize)]

@@ -499,8 +499,13 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
     // Catching up from the start reads the log commit by commit (micro-batches of bounded size,
     // progress recorded as it goes) while it still holds every commit; the table as it is now
     // (all its rows at once) when the log's first entries are gone, or as soon as a commit
-    // turns out unreadable (a data file vacuumed after compaction).
-    let from_log = resume.is_none() && settings.start == Start::Earliest && tail.log_starts_at_zero().await?;
+    // turns out unreadable (a data file vacuumed after compaction). A table without Kafka
+    // positions (written by another tool) is read whole: train orders its rows by event time
+    // over the whole table, which micro-batches cannot.
+    let from_log = resume.is_none()
+        && settings.start == Start::Earliest
+        && txpipe_connectors::delta::has_columns(&table, &["kafka_partition", "kafka_offset"])?
+        && tail.log_starts_at_zero().await?;
     let mut catch_up_until = from_log.then_some(newest);
     let (base, score_base) = match (resume, settings.start) {
         (Some(v), _) => (Some(v.min(newest)), false),
