@@ -14,12 +14,19 @@
 //! apart when ClickHouse is restored from a backup.
 //!
 //! Account history: the features of an event depend on the account's earlier events, so at
-//! start the rows up to the resume point are read from the table (in table order: Kafka
-//! partition, then offset) and fed into the history without being scored; memory grows with
-//! accounts (several hundred bytes each, measured: see [`History`]). Repeated transaction
-//! ids: `train` keeps the first copy in table order; `score` remembers the last
-//! [`RECENT_IDS`] ids it saw (as 64-bit hashes, about 24 MB) and drops a repeat among them, so a
-//! repeat further apart than that is scored again (its row replaces the first in ClickHouse).
+//! start the history up to the resume point is restored without scoring: from score's state
+//! file (see [`snapshot`]) and the commits after its version, or else from the table read up to
+//! the resume point (in table order: Kafka partition, then offset; only the columns the history
+//! reads). Memory grows with accounts (about 110 bytes each, measured: see [`History`]), not
+//! with the table. Repeated transaction ids: `train` keeps the first copy in table order;
+//! `score` remembers the last [`RECENT_IDS`] ids it saw (as 64-bit hashes, about 24 MB) and
+//! drops a repeat among them, so a repeat further apart than that is scored again (its row
+//! replaces the first in ClickHouse).
+//!
+//! Catching up from the start (`start = "earliest"`, no progress) reads the log commit by
+//! commit in bounded micro-batches, recording progress as it goes; it reads the table whole
+//! when the log's first entries are gone, a commit's file was vacuumed, or the table has no
+//! Kafka positions.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasher;
