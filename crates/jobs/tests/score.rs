@@ -106,7 +106,11 @@ async fn realtime_and_batch_probabilities_agree_over_a_start_restarts_and_stream
     // history, then the new ones scored.
     std::fs::write(&state_file, &state_at_4).unwrap();
     common::write_history(dir.path(), &generated(3, 4_000), 32_000, 1_000).await;
-    let third = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
+    // Micro-batches of 1,500 rows (one 1,000-row commit each): the reader reads a commit ahead
+    // of the batch it hands out, so the last commit before the resume point is read but not yet
+    // handed out when the log reaches the resume point (a replay that stopped there lost it).
+    let config = ScoreConfig { max_rows: 1_500, ..ScoreConfig::default() };
+    let third = score::run(score_job_with(dir.path(), &clickhouse, config), Shutdown::new()).await.unwrap();
     assert_eq!((third.scored, third.restored, third.from_snapshot), (4_000, 12_000, Some(4)), "{third:?}");
     assert_eq!(third.complete_through, Some(20));
 
@@ -260,5 +264,48 @@ async fn catching_up_from_the_start_reads_commit_by_commit_or_the_table_when_the
     let r = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
     assert_eq!((r.scored, r.complete_through, r.micro_batches), (20_000, Some(newest), 0), "{r:?}");
     assert_eq!(realtime_count(&clickhouse).await, "20000\t20000\t20000");
+    common::query(&clickhouse, &format!("DROP DATABASE {}", clickhouse.database)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_whose_history_differs_stops_the_state_file_until_a_start_builds_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let clickhouse = common::fresh_clickhouse("state_model");
+    common::write_history(dir.path(), &generated(7, 10_000), 0, 5_000).await;
+    train::run(train_job(dir.path())).await.unwrap();
+    let state = dir.path().join("state");
+
+    // A run that sees a model with a two-hour window published mid-stream: its history was
+    // built with the first model's window, so it writes no state file after the switch.
+    let mut job = score_job(dir.path(), &clickhouse);
+    job.settings.model_poll = Duration::from_millis(100);
+    job.settings.exit_when_idle = Some(Duration::from_secs(3));
+    let running = tokio::spawn(score::run(job, Shutdown::new()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut other = train_job(dir.path());
+    other.features.history.window = "2h".into();
+    let v2 = train::run(other).await.unwrap().published.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::write_history(dir.path(), &generated(8, 2_000), 10_000, 1_000).await;
+    let first = running.await.unwrap().unwrap();
+    assert_eq!(first.models, vec!["000001".to_string(), v2.clone()], "{first:?}");
+    assert_eq!((first.scored, first.snapshots), (12_000, 0), "{first:?}");
+    assert!(
+        !state.exists() || std::fs::read_dir(&state).unwrap().next().is_none(),
+        "a state file was written"
+    );
+
+    // The next start reads the table (no state file), and writes one for the new model; the one
+    // after loads it.
+    common::write_history(dir.path(), &generated(9, 1_000), 12_000, 1_000).await;
+    let second = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
+    assert_eq!((second.restored, second.from_snapshot, second.scored), (12_000, None, 1_000), "{second:?}");
+    assert!(second.snapshots >= 1, "{second:?}");
+    let third = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
+    assert_eq!(
+        (third.restored, third.from_snapshot, third.scored),
+        (0, second.complete_through, 0),
+        "{third:?}"
+    );
     common::query(&clickhouse, &format!("DROP DATABASE {}", clickhouse.database)).await;
 }

@@ -539,10 +539,9 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
         last: Instant::now(),
         version: None,
     });
+    let ctx = Ctx { schema: job.schema.clone(), copied, columns: serving.columns().to_vec() };
     if let Some(base) = base {
         let mut table = table;
-        let ctx =
-            Ctx { schema: job.schema.clone(), copied: copied.clone(), columns: serving.columns().to_vec() };
         if score_base {
             (history, recent) = score_whole_table(
                 &job,
@@ -551,7 +550,7 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
                 &location,
                 &mut tail,
                 table,
-                ctx,
+                ctx.clone(),
                 &mut current,
                 &mut *report,
             )
@@ -659,8 +658,6 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
     }
 
     // The stream.
-    let stream_ctx =
-        Ctx { schema: job.schema.clone(), copied: copied.clone(), columns: serving.columns().to_vec() };
     // Since when polls have found nothing new (time spent inserting does not count).
     let mut idle_since = Some(Instant::now());
     let mut stats_at = Instant::now();
@@ -695,11 +692,6 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
                     .load_newest()
                     .await?
                     .ok_or_else(|| JobError::Internal(format!("{location}: the table is gone")))?;
-                let ctx = Ctx {
-                    schema: job.schema.clone(),
-                    copied: copied.clone(),
-                    columns: serving.columns().to_vec(),
-                };
                 (history, recent) = score_whole_table(
                     &job,
                     &serving,
@@ -707,7 +699,7 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
                     &location,
                     &mut tail,
                     table,
-                    ctx,
+                    ctx.clone(),
                     &mut current,
                     &mut *report,
                 )
@@ -717,7 +709,11 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
             }
             Err(e) => return Err(e.into()),
         };
-        if catch_up_until.is_some_and(|v| tail.next_version() > v) {
+        // Caught up once the commits up to the start's newest version are handed out (not
+        // merely read from the log: the files of commits read ahead are read later).
+        if let (Some(v), Some(done)) = (catch_up_until, batch.as_ref().and_then(|b| b.complete_through))
+            && done >= v
+        {
             catch_up_until = None;
         }
         let got = batch.is_some();
@@ -728,7 +724,7 @@ async fn run_into(job: ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport) 
             let scorer = current.scorer.as_mut().expect("a model is loaded");
             pending.since.get_or_insert_with(Instant::now);
             score_rows(
-                &stream_ctx,
+                &ctx,
                 scorer,
                 &b.batches,
                 &mut history,
@@ -924,8 +920,10 @@ async fn replay_into(
     recent: &mut RecentIds,
 ) -> Result<u64> {
     tail.resume_after(table, from)?;
-    let mut rows = 0;
-    while tail.next_version() <= to {
+    let (mut rows, mut done) = (0, from);
+    // Until the batch that completes `to` is handed out (the log can be read past commits not
+    // handed out yet).
+    while done < to {
         let Some(batch) = tail.poll().await? else {
             return Err(JobError::Internal(format!(
                 "the table's log ends at version {} before the resume point {to}",
@@ -933,6 +931,7 @@ async fn replay_into(
             )));
         };
         rows += tokio::task::block_in_place(|| observe_rows(ctx, scorer, &batch.batches, history, recent))?;
+        done = batch.complete_through.unwrap_or(done);
     }
     Ok(rows)
 }
@@ -1026,6 +1025,7 @@ fn copied_fields(schema: &Schema, columns: &[ServingColumn]) -> Result<Vec<usize
 }
 
 /// What scoring a row needs besides the model: the schema, and the copied fields.
+#[derive(Clone)]
 struct Ctx {
     schema: Schema,
     copied: Vec<usize>,
