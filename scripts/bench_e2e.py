@@ -12,6 +12,7 @@ Prints one JSON object: rows seen, p50 / p99 / max in seconds.
 
 import json
 import subprocess
+import os
 import sys
 import threading
 import time
@@ -22,10 +23,12 @@ from datetime import datetime
 
 def main() -> None:
     topic, database, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    url = sys.argv[4] if len(sys.argv) > 4 else "http://127.0.0.1:8123"
+    # The addresses scripts/services uses (the same variables as the other scripts).
+    url = os.environ.get("TXPIPE_CLICKHOUSE_URL", f"http://127.0.0.1:{os.environ.get('TXPIPE_CLICKHOUSE_HTTP_PORT', '8123')}")
+    brokers = os.environ.get("TXPIPE_BROKERS", f"127.0.0.1:{os.environ.get('TXPIPE_KAFKA_PORT', '9092')}")
     sent: dict[str, float] = {}
     kcat = subprocess.Popen(
-        ["kcat", "-C", "-b", "127.0.0.1:9092", "-t", topic, "-o", "beginning", "-q", "-f", "%s\n"],
+        ["kcat", "-C", "-b", brokers, "-t", topic, "-o", "beginning", "-q", "-f", "%s\n"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -36,9 +36,9 @@ def main() -> None:
 
         def row(tid: str, p: float, version: str, scored: str, run: str | None) -> str:
             cols = ["transaction_id", "event_time", *[f"`{c}`" for c in copied], "fraud_probability",
-                    "predicted_label", "reasons", "model_version", "scored_at"]
+                    "predicted_label", "reasons", "explanation", "model_version", "scored_at"]
             vals = [f"'{tid}'", "'2026-11-30 10:00:00'", *values, str(p), "1" if p >= 0.5 else "0",
-                    "['amount', 'hour_sin']", f"'{version}'", f"'{scored}'"]
+                    "['amount', 'hour_of_day']", "'amount 12; at 03:00 UTC'", f"'{version}'", f"'{scored}'"]
             table = "transactions_realtime"
             if run is not None:
                 cols.append("batch_run_id")
@@ -51,7 +51,7 @@ def main() -> None:
         s.query(row("t1", 0.2, "000002", "2026-11-30 11:00:00", "run-2"))
         s.query(row("t2", 0.7, "000001", "2026-11-30 10:00:02", None))
         out = s.query(
-            f"SELECT transaction_id, source, model_version, fraud_probability, reasons "
+            f"SELECT transaction_id, source, model_version, fraud_probability, reasons, explanation "
             f"FROM {db}.transactions_serving ORDER BY transaction_id",
             "JSONCompact",
         )

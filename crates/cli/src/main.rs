@@ -13,12 +13,13 @@ use tracing_subscriber::EnvFilter;
 
 use args::{Cli, Command};
 use settings::{Config, explain};
-use txpipe_jobs::Shutdown;
 use txpipe_jobs::ingest::{self, IngestJob};
 use txpipe_jobs::optimize;
+use txpipe_jobs::predict::batch::BatchScore;
 use txpipe_jobs::produce::{self, ProduceJob};
 use txpipe_jobs::score::{self, ScoreJob};
 use txpipe_jobs::train::{self, TrainJob};
+use txpipe_jobs::{JobError, Shutdown};
 
 /// A failure before any work started: a flag, a setting or the config file.
 #[derive(Debug)]
@@ -80,6 +81,7 @@ fn run(cli: Cli) -> Result<()> {
     let usage = |e: anyhow::Error| anyhow::Error::new(Usage(e));
     let mut config = Config::load(&cli.common).map_err(usage)?;
     config.apply_common(&cli.common);
+    let report = ReportJson::new(cli.common.report_json.clone()).map_err(usage)?;
     match cli.command {
         Command::Config(a) => {
             config.apply_produce(&a.produce);
@@ -93,6 +95,7 @@ fn run(cli: Cli) -> Result<()> {
             let settings = config.produce.validate().map_err(explain).map_err(usage)?;
             init_logging(&config)?;
             let job = ProduceJob { settings, kafka: config.kafka.clone(), schema };
+            let report_json = report;
             let report = runtime()?.block_on(async {
                 let shutdown = Shutdown::new();
                 shutdown.on_signals();
@@ -115,7 +118,7 @@ fn run(cli: Cli) -> Result<()> {
                 report.bytes as f64 / 1e6 / report.elapsed_s.max(1e-9),
                 if report.interrupted { " (interrupted)" } else { "" }
             );
-            Ok(())
+            report_json.write(&report)
         }
         Command::Ingest(a) => {
             config.apply_ingest(&a);
@@ -129,6 +132,7 @@ fn run(cli: Cli) -> Result<()> {
                 schema,
                 hooks: Default::default(),
             };
+            let report_json = report;
             let report = runtime()?.block_on(async {
                 let shutdown = Shutdown::new();
                 shutdown.on_signals();
@@ -148,7 +152,13 @@ fn run(cli: Cli) -> Result<()> {
                     n => format!("; {n} offsets skipped (deleted by retention before they were read)"),
                 }
             );
-            Ok(())
+            if report.stopped_in_outage {
+                eprintln!(
+                    "stopped as asked while the table's storage was unreachable: the messages not committed are read \
+                     again at the next start"
+                );
+            }
+            report_json.write(&report)
         }
         Command::Optimize(a) => {
             config.apply_optimize(&a);
@@ -156,7 +166,7 @@ fn run(cli: Cli) -> Result<()> {
             config.optimize.validate().map_err(explain).map_err(usage)?;
             init_logging(&config)?;
             let reports = runtime()?.block_on(optimize::run(&config.tables, &config.optimize))?;
-            for r in reports {
+            for r in &reports {
                 let c = &r.compaction;
                 eprintln!(
                     "{}: {} files -> {} ({} rewritten into {}, {} commits), vacuum {} {} files",
@@ -170,7 +180,7 @@ fn run(cli: Cli) -> Result<()> {
                     r.vacuumed.len()
                 );
             }
-            Ok(())
+            report.write(&reports)
         }
         Command::Train(a) => {
             config.apply_train(&a);
@@ -197,10 +207,10 @@ fn run(cli: Cli) -> Result<()> {
                 )
                 .map_err(|e| usage(e.into()))?;
             }
-            let batch = a.batch_score.then(|| train::batch::BatchScore {
+            let batch = a.batch_score.then(|| BatchScore {
                 from_us,
                 to_us,
-                ..train::batch::BatchScore::new(config.clickhouse.clone())
+                ..BatchScore::new(config.clickhouse.clone())
             });
             let every = a.every.as_deref().map(|e| duration_flag("--every", e)).transpose().map_err(usage)?;
             if every.is_some() && config.train.version.is_some() {
@@ -216,10 +226,23 @@ fn run(cli: Cli) -> Result<()> {
                 features: config.features.clone(),
                 model_dir: config.models.dir.clone(),
                 batch,
+                on_stage: None,
             };
             let Some(every) = every else {
-                let r = runtime()?.block_on(train::run(job))?;
-                print_train(&config, &r);
+                let outcome = runtime()?.block_on(async {
+                    let shutdown = Shutdown::new();
+                    shutdown.on_signals();
+                    train::run(job, shutdown).await
+                });
+                match outcome {
+                    Ok(r) => {
+                        print_train(&config, &r);
+                        report.write(&r)?;
+                    }
+                    // SIGINT/SIGTERM between two stages: nothing was published.
+                    Err(e @ JobError::Stopped { .. }) => eprintln!("train: {e}; nothing was published"),
+                    Err(e) => return Err(e.into()),
+                }
                 return Ok(());
             };
             // On a schedule: each run as above; a failed or refused run is reported and the
@@ -230,8 +253,14 @@ fn run(cli: Cli) -> Result<()> {
                 shutdown.on_signals();
                 loop {
                     let started = tokio::time::Instant::now();
-                    match train::run(job.clone()).await {
-                        Ok(r) => print_train(&config, &r),
+                    match train::run(job.clone(), shutdown.clone()).await {
+                        Ok(r) => {
+                            print_train(&config, &r);
+                            if let Err(e) = report.write(&r) {
+                                tracing::warn!(error = %e, "writing the report failed");
+                            }
+                        }
+                        Err(JobError::Stopped { .. }) => return Ok(()),
                         Err(e) => tracing::warn!(error = %e, "this scheduled training run did not publish"),
                     }
                     let next = started + every;
@@ -297,7 +326,7 @@ fn run(cli: Cli) -> Result<()> {
                     r.scored.saturating_sub(r.written)
                 );
             }
-            Ok(())
+            report.write(&r)
         }
     }
 }
@@ -335,6 +364,34 @@ fn print_train(config: &Config, r: &train::TrainReport) {
             b.inserts,
             b.seconds
         );
+    }
+}
+
+/// Where `--report-json` writes the job's report (checked before the job starts).
+struct ReportJson(Option<std::path::PathBuf>);
+
+impl ReportJson {
+    fn new(path: Option<std::path::PathBuf>) -> Result<ReportJson> {
+        if let Some(p) = &path {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            if p.file_name().is_none() || !dir.is_dir() {
+                anyhow::bail!(
+                    "invalid --report-json {}: expected a file path in an existing directory (set by --report-json or \
+                     TXPIPE_REPORT_JSON)",
+                    p.display()
+                );
+            }
+        }
+        Ok(ReportJson(path))
+    }
+
+    /// Writes `report` beside the file, then renames it over it: a reader never sees half.
+    fn write(&self, report: &impl serde::Serialize) -> Result<()> {
+        let Some(path) = &self.0 else { return Ok(()) };
+        let text = serde_json::to_vec_pretty(report).context("encoding the report")?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
     }
 }
 

@@ -121,7 +121,8 @@ async fn rows_encoded_by_txpipe_read_back_through_the_view_on_the_18_16_server()
                 fields,
                 probability: p,
                 label: p > 0.5,
-                reasons: &["amount", "hour_sin"],
+                reasons: &["amount", "hour_of_day"],
+                explanation: "amount 2.50; at 03:00 UTC",
                 model_version: "000001",
                 scored_at: 1_795_000_100,
                 batch_run_id: run,
@@ -141,14 +142,15 @@ async fn rows_encoded_by_txpipe_read_back_through_the_view_on_the_18_16_server()
     let got = serving
         .fetch_text(&format!(
             "SELECT transaction_id, toUnixTimestamp(event_time), v1, count, flag, toUnixTimestamp(seen_at), note, \
-             fraud_probability, predicted_label, reasons, model_version, source, batch_run_id \
+             fraud_probability, predicted_label, reasons, explanation, model_version, source, batch_run_id \
              FROM {database}.transactions_serving ORDER BY transaction_id"
         ))
         .await
         .unwrap();
     let expected = format!(
-        "a\t{s}\t2.5\t-7\t1\t{s1}\tnaïve \\t \\'quoted\\'\t0.75\t1\t['amount','hour_sin']\t000001\trealtime\t\n\
-         b\t{s}\t0\t\\N\t\\N\t\\N\t\\N\t0.5\t0\t['amount','hour_sin']\t000001\tbatch\trun-1",
+        "a\t{s}\t2.5\t-7\t1\t{s1}\tnaïve \\t \\'quoted\\'\t0.75\t1\t['amount','hour_of_day']\t{e}\t000001\trealtime\t\n\
+         b\t{s}\t0\t\\N\t\\N\t\\N\t\\N\t0.5\t0\t['amount','hour_of_day']\t{e}\t000001\tbatch\trun-1",
+        e = "amount 2.50; at 03:00 UTC",
         s = t / 1_000_000,
         s1 = t / 1_000_000 + 1
     );
@@ -156,5 +158,38 @@ async fn rows_encoded_by_txpipe_read_back_through_the_view_on_the_18_16_server()
     let rows =
         serving.fetch_text(&format!("SELECT count() FROM {database}.transactions_realtime")).await.unwrap();
     assert_eq!(rows, "4", "the replay is in the table; the view shows it once");
+    serving.fetch_text(&format!("DROP DATABASE {database}")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_made_by_an_earlier_release_get_the_explanation_column() {
+    let database = format!("test_upgrade_{}", std::process::id());
+    let serving = with_fields(&Schema::default_schema(), None, &database);
+    // The layout of the release before `explanation`: the tables without it, the view too.
+    let old: Vec<String> = serving
+        .statements()
+        .into_iter()
+        .map(|s| {
+            s.replace(", explanation String", "")
+                .replace("argMax(explanation, rank) AS explanation, ", "")
+                .replace(", explanation", "")
+        })
+        .collect();
+    assert!(old.iter().all(|s| !s.contains("explanation")), "{old:?}");
+    for sql in &old {
+        serving.execute(sql).await.unwrap();
+    }
+    let upgrades = serving.upgrades().await.unwrap();
+    assert_eq!(upgrades.len(), 3, "two columns to add, one view to make again: {upgrades:?}");
+    serving.ensure().await.unwrap();
+    assert!(serving.upgrades().await.unwrap().is_empty(), "nothing left to upgrade");
+    let count = |table: &str| {
+        format!(
+            "SELECT count() FROM system.columns WHERE database = '{database}' AND table = '{table}' AND name = 'explanation'"
+        )
+    };
+    for table in ["transactions_realtime", "transactions_batch", "transactions_serving"] {
+        assert_eq!(serving.fetch_text(&count(table)).await.unwrap(), "1", "{table}");
+    }
     serving.fetch_text(&format!("DROP DATABASE {database}")).await.unwrap();
 }

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use txpipe_core::event::{EventParser, Value};
-use txpipe_core::features::{FeatureConfig, History};
+use txpipe_core::features::{Explainer, FeatureConfig, History};
 use txpipe_core::generator::{Generator, GeneratorConfig};
 use txpipe_core::model::{FitOptions, Matrix, fit};
 use txpipe_core::schema::Schema;
@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         y.push(u8::from(matches!(v[label], Value::Bool(true))));
     }
     let model = fit(&Matrix::from_columns(columns), &y, &FitOptions::default())?;
-    let names = features.names().to_vec();
+    let explainer = Explainer::new(&features, &model.standardized, &model.means, &model.stds);
 
     let mut best = f64::INFINITY;
     let mut checksum = 0.0;
@@ -63,10 +63,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             features.row(v, &mut history, &mut row);
             let p = model.probability(&row);
             let label = p >= 0.5;
-            let top = model.top_reasons(&row);
+            let top = explainer.reasons(&row);
             let mut reasons = [""; 3];
-            for (slot, j) in reasons.iter_mut().zip(top.indices()) {
-                *slot = names[j].as_str();
+            for (slot, r) in reasons.iter_mut().zip(top.iter()) {
+                *slot = explainer.code(r);
             }
             checksum += p + f64::from(u8::from(label));
             reasons_seen += reasons.iter().filter(|r| !r.is_empty()).count();

@@ -1,17 +1,23 @@
-//! txpipe-jobs: the jobs of txpipe, each `run(job, shutdown) -> Result<Report>`, so that the
-//! binary and the tests call them the same way, in process.
+//! txpipe-jobs: the jobs of txpipe, each `run(job, shutdown) -> Result<Report>` (optimize, a
+//! one-shot maintenance run, takes no shutdown), so that the binary and the tests call them the
+//! same way, in process.
 //!
 //! - [`produce`]: synthetic events into Kafka or a file;
 //! - [`ingest`]: Job 1, Kafka → Delta, exactly once;
 //! - [`optimize`]: compaction and vacuum of the tables;
 //! - [`score`]: Job 2, the clean table as a stream → features → model → ClickHouse;
 //! - [`train`]: Job 3, Delta history → features → logistic regression → a published model;
+//! - [`predict`]: the one path from table rows and a model to serving rows, for `score` and
+//!   for batch scoring (`train --batch-score`);
+//! - [`rows`]: the clean table's rows in table order, each transaction id once;
 //! - [`models`]: the model directory, versions switched atomically.
 
 pub mod ingest;
 pub mod models;
 pub mod optimize;
+pub mod predict;
 pub mod produce;
+pub mod rows;
 pub mod score;
 mod shutdown;
 pub mod train;
@@ -42,7 +48,14 @@ pub enum JobError {
     /// class, too few positives, a model under the quality gate).
     #[error("{0}")]
     Refused(String),
-    /// A bug or a panicked task; the message says where.
+    /// The data is not what the job can read: a column of another type than the schema says,
+    /// a model file that is not txpipe's, a table that is gone.
+    #[error("{what}: {detail}")]
+    Data { what: String, detail: String },
+    /// Stopped as asked (SIGINT/SIGTERM) before the work was done; nothing half done is left.
+    #[error("stopped as asked {at}")]
+    Stopped { at: String },
+    /// A bug: a task that panicked or a thread that could not start; the message says where.
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -50,6 +63,30 @@ pub enum JobError {
 impl JobError {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         JobError::Io { path: path.as_ref().display().to_string(), source }
+    }
+
+    pub fn data(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        JobError::Data { what: what.into(), detail: detail.to_string() }
+    }
+
+    /// Whether running the job again later can succeed without a change of data or settings:
+    /// a service or the storage away, as opposed to bad settings, bad data or a refusal.
+    pub fn retryable(&self) -> bool {
+        use std::io::ErrorKind;
+        match self {
+            JobError::Kafka(e) => e.retryable(),
+            JobError::Delta(e) => e.retryable(),
+            JobError::ClickHouse(e) => e.retryable(),
+            JobError::BatchScore { source, .. } => source.retryable(),
+            JobError::Io { source, .. } => {
+                matches!(source.kind(), ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock)
+            }
+            JobError::Config(_)
+            | JobError::Refused(_)
+            | JobError::Data { .. }
+            | JobError::Stopped { .. }
+            | JobError::Internal(_) => false,
+        }
     }
 }
 

@@ -74,15 +74,17 @@ impl ModelStore {
         let path = self.version_dir(id).join(MODEL_FILE);
         let text = fs::read_to_string(&path).map_err(|e| JobError::io(&path, e))?;
         let model: ModelArtifact = serde_json::from_str(&text).map_err(|e| {
-            JobError::Internal(format!("{}: not a model.json of txpipe: {e}", path.display()))
+            JobError::data(path.display().to_string(), format!("not a model.json of txpipe: {e}"))
         })?;
         if model.format != txpipe_core::model::artifact::FORMAT {
-            return Err(JobError::Internal(format!(
-                "{}: model format {} (this txpipe reads {})",
-                path.display(),
-                model.format,
-                txpipe_core::model::artifact::FORMAT
-            )));
+            return Err(JobError::data(
+                path.display().to_string(),
+                format!(
+                    "model format {} (this txpipe reads {})",
+                    model.format,
+                    txpipe_core::model::artifact::FORMAT
+                ),
+            ));
         }
         Ok(model)
     }
@@ -126,6 +128,7 @@ impl ModelStore {
             loop {
                 let id = format!("{number:06}");
                 let artifact = model(&id);
+                // The artifact's types always serialise: a failure here is a bug.
                 let text = serde_json::to_vec_pretty(&artifact)
                     .map_err(|e| JobError::Internal(format!("serialising the model: {e}")))?;
                 write_synced(&staging.join(MODEL_FILE), &text)?;
@@ -135,7 +138,11 @@ impl ModelStore {
                 // Fails when another publisher took the id first: take the next.
                 match fs::rename(&staging, &target) {
                     Ok(()) if fs::metadata(&target).is_ok() => return Ok((id, target)),
-                    Ok(()) => return Err(JobError::Internal(format!("{} vanished", target.display()))),
+                    Ok(()) => {
+                        let gone =
+                            std::io::Error::new(std::io::ErrorKind::NotFound, "vanished after the rename");
+                        return Err(JobError::io(&target, gone));
+                    }
                     Err(_) if target.exists() => number += 1,
                     Err(e) => return Err(JobError::io(&target, e)),
                 }

@@ -10,7 +10,7 @@ use txpipe_connectors::delta::arrow::array::Int64Array;
 use txpipe_core::generator::{Generator, MalformedKind};
 use txpipe_core::schema::Schema;
 use txpipe_jobs::Shutdown;
-use txpipe_jobs::ingest::{self, IngestConfig};
+use txpipe_jobs::ingest::{self, IngestConfig, Outage};
 use txpipe_jobs::produce::ProduceConfig;
 
 struct Expected {
@@ -307,5 +307,47 @@ async fn a_crash_between_the_quarantine_and_the_clean_commit_duplicates_nothing(
     let _ = run.await;
     let again = ingest::run(ingest_job(&kafka, dir.path(), idle(2.0)), Shutdown::new()).await.unwrap();
     assert!(again.written > 0, "{again:?}");
+    common::assert_every_position_once(&kafka, 2, dir.path()).await;
+}
+
+/// A stop asked while the table's storage is away: ingest does not wait for the storage (the
+/// outage here lasts until after the run returned), commits nothing, says so, and the next start
+/// reads what was not committed: every Kafka position once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_storage_outage_stops_at_once_and_the_next_start_resumes() {
+    let kafka = common::fresh_topic("ingest-outage", 2).await;
+    produce_to(&kafka, &ProduceConfig { count: 2_000, seed: 41, ..ProduceConfig::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let before = ingest::run(ingest_job(&kafka, dir.path(), idle(2.0)), Shutdown::new()).await.unwrap();
+    assert_eq!(before.written, 2_000);
+    produce_to(&kafka, &ProduceConfig { count: 3_000, seed: 42, ..ProduceConfig::default() }).await;
+
+    let outage = Outage::begun();
+    let mut job = ingest_job(
+        &kafka,
+        dir.path(),
+        IngestConfig { flush_latency: "200ms".into(), ..IngestConfig::default() },
+    );
+    job.hooks.storage_outage = Some(outage.clone());
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(ingest::run(job, shutdown.clone()));
+    // Four failed commits: the retries are waiting 1.6 s, then 3.2 s, ... for the storage.
+    tokio::time::timeout(Duration::from_secs(60), outage.failed(4)).await.expect("commits were attempted");
+    let asked = std::time::Instant::now();
+    shutdown.trigger();
+    let report = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("ingest stopped without waiting for the storage")
+        .unwrap()
+        .unwrap();
+    println!("ingest stopped {:.3} s after the stop was asked", asked.elapsed().as_secs_f64());
+    outage.end();
+    assert!(report.stopped_in_outage, "{report:?}");
+    assert_eq!((report.written, report.commits), (0, 0), "nothing committed during the outage");
+    assert!(report.discarded > 0, "the messages read were left to the next start: {report:?}");
+    assert_eq!(open(&dir.path().join("clean")).await.1, before.clean_version.unwrap(), "no commit");
+
+    let after = ingest::run(ingest_job(&kafka, dir.path(), idle(2.0)), Shutdown::new()).await.unwrap();
+    assert_eq!(after.written, 3_000, "the next start wrote what the stopped run did not");
     common::assert_every_position_once(&kafka, 2, dir.path()).await;
 }

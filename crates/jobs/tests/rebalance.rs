@@ -64,7 +64,8 @@ async fn a_commit_held_while_a_rebalance_reads_positions_writes_nothing_twice() 
         ..IngestConfig::default()
     };
     let mut job = ingest_job(&kafka, dir.path(), config);
-    job.hooks = Hooks { before_commit: Some(held.clone()), assigned: Some(assigned.clone()) };
+    job.hooks =
+        Hooks { before_commit: Some(held.clone()), assigned: Some(assigned.clone()), ..Hooks::default() };
     let run = tokio::spawn(ingest::run(job, Shutdown::new()));
 
     // The first commit passed its position check and waits to commit.

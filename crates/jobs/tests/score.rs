@@ -14,8 +14,8 @@ use txpipe_core::features::FeatureConfig;
 use txpipe_core::generator::GeneratorConfig;
 use txpipe_core::schema::Schema;
 use txpipe_jobs::Shutdown;
+use txpipe_jobs::predict::batch::BatchScore;
 use txpipe_jobs::score::{self, ScoreConfig, ScoreJob};
-use txpipe_jobs::train::batch::BatchScore;
 use txpipe_jobs::train::{self, TrainConfig, TrainJob};
 
 fn generated(seed: u64, count: u64) -> GeneratorConfig {
@@ -41,6 +41,7 @@ fn train_job(dir: &std::path::Path) -> TrainJob {
         features: FeatureConfig::default(),
         model_dir: dir.join("models").display().to_string(),
         batch: None,
+        on_stage: None,
     }
 }
 
@@ -77,7 +78,7 @@ async fn realtime_and_batch_probabilities_agree_over_a_start_restarts_and_stream
     let clickhouse = common::fresh_clickhouse("parity");
     let db = clickhouse.database.clone();
     common::write_history(dir.path(), &generated(1, 20_000), 0, 5_000).await;
-    train::run(train_job(dir.path())).await.unwrap();
+    train::run(train_job(dir.path()), Shutdown::new()).await.unwrap();
 
     // First run: the whole table as it is (earliest), scored at once.
     let first = score::run(score_job(dir.path(), &clickhouse), Shutdown::new()).await.unwrap();
@@ -126,13 +127,14 @@ async fn realtime_and_batch_probabilities_agree_over_a_start_restarts_and_stream
 
     // Batch scores of the same table with the same model: equal probabilities, row by row.
     let model = txpipe_jobs::models::ModelStore::new(dir.path().join("models")).current().unwrap().unwrap();
-    let b = train::batch::score_history(
+    let b = txpipe_jobs::predict::batch::score_history(
         &tables(dir.path()),
         &Schema::default_schema(),
         &model,
         None,
         2,
         &BatchScore::new(clickhouse.clone()),
+        &Shutdown::new(),
     )
     .await
     .unwrap();
@@ -148,6 +150,16 @@ async fn realtime_and_batch_probabilities_agree_over_a_start_restarts_and_stream
     )
     .await;
     assert_eq!(compared, "38000\t0\t0\t0\t0", "rows, probabilities differing, largest gap, reasons, labels");
+    // The readable reasons too, and every scored row has some text where it has reasons.
+    let explained = common::query(
+        &clickhouse,
+        &format!(
+            "SELECT countIf(r.explanation != b.explanation), countIf(length(r.reasons) > 0 AND r.explanation = '') \
+             FROM {db}.transactions_realtime AS r ANY INNER JOIN {db}.transactions_batch AS b USING transaction_id"
+        ),
+    )
+    .await;
+    assert_eq!(explained, "0\t0", "explanations differing, reasons without text");
     let realtime = common::query(
         &clickhouse,
         &format!(
@@ -165,7 +177,7 @@ async fn a_model_published_mid_stream_scores_the_rows_after_it() {
     let clickhouse = common::fresh_clickhouse("reload");
     let db = clickhouse.database.clone();
     common::write_history(dir.path(), &generated(3, 10_000), 0, 10_000).await;
-    train::run(train_job(dir.path())).await.unwrap();
+    train::run(train_job(dir.path()), Shutdown::new()).await.unwrap();
     // Score runs on; it will stop 1.5 s after the last new commit.
     let mut job = score_job(dir.path(), &clickhouse);
     job.settings.model_poll = Duration::from_millis(100);
@@ -184,7 +196,7 @@ async fn a_model_published_mid_stream_scores_the_rows_after_it() {
     std::fs::remove_dir_all(&broken).unwrap();
     std::fs::remove_file(dir.path().join("models").join("CURRENT")).unwrap();
     std::fs::write(dir.path().join("models").join("CURRENT"), b"000001\n").unwrap();
-    let second = train::run(train_job(dir.path())).await.unwrap();
+    let second = train::run(train_job(dir.path()), Shutdown::new()).await.unwrap();
     let v2 = second.published.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     common::write_history(dir.path(), &generated(6, 3_000), 13_000, 1_000).await;
@@ -224,7 +236,7 @@ async fn catching_up_from_the_start_reads_commit_by_commit_or_the_table_when_the
     let dir = tempfile::tempdir().unwrap();
     let clickhouse = common::fresh_clickhouse("catchup_log");
     common::write_history(dir.path(), &generated(5, 20_000), 0, 2_000).await;
-    train::run(train_job(dir.path())).await.unwrap();
+    train::run(train_job(dir.path()), Shutdown::new()).await.unwrap();
     let config = ScoreConfig { max_rows: 3_000, ..ScoreConfig::default() };
     let r = score::run(score_job_with(dir.path(), &clickhouse, config), Shutdown::new()).await.unwrap();
     assert_eq!((r.scored, r.complete_through, r.micro_batches), (20_000, Some(10), 10), "{r:?}");
@@ -272,7 +284,7 @@ async fn a_model_whose_history_differs_stops_the_state_file_until_a_start_builds
     let dir = tempfile::tempdir().unwrap();
     let clickhouse = common::fresh_clickhouse("state_model");
     common::write_history(dir.path(), &generated(7, 10_000), 0, 5_000).await;
-    train::run(train_job(dir.path())).await.unwrap();
+    train::run(train_job(dir.path()), Shutdown::new()).await.unwrap();
     let state = dir.path().join("state");
 
     // A run that sees a model with a two-hour window published mid-stream: its history was
@@ -284,7 +296,7 @@ async fn a_model_whose_history_differs_stops_the_state_file_until_a_start_builds
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut other = train_job(dir.path());
     other.features.history.window = "2h".into();
-    let v2 = train::run(other).await.unwrap().published.unwrap();
+    let v2 = train::run(other, Shutdown::new()).await.unwrap().published.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     common::write_history(dir.path(), &generated(8, 2_000), 10_000, 1_000).await;
     let first = running.await.unwrap().unwrap();

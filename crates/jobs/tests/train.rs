@@ -16,10 +16,10 @@ use txpipe_core::features::FeatureConfig;
 use txpipe_core::generator::GeneratorConfig;
 use txpipe_core::model::metrics;
 use txpipe_core::schema::Schema;
-use txpipe_jobs::JobError;
 use txpipe_jobs::models::ModelStore;
-use txpipe_jobs::train::batch::BatchScore;
+use txpipe_jobs::predict::batch::BatchScore;
 use txpipe_jobs::train::{self, TrainConfig, TrainJob};
+use txpipe_jobs::{JobError, Shutdown};
 
 /// Writes `count` generated events into a clean table at `dir/clean` (see
 /// [`common::write_history`]).
@@ -39,6 +39,7 @@ fn job(dir: &std::path::Path, config: TrainConfig) -> TrainJob {
         features: FeatureConfig::default(),
         model_dir: dir.join("models").display().to_string(),
         batch: None,
+        on_stage: None,
     }
 }
 
@@ -46,7 +47,7 @@ fn job(dir: &std::path::Path, config: TrainConfig) -> TrainJob {
 async fn trains_publishes_and_the_model_scores_the_same_when_loaded_back() {
     let dir = tempfile::tempdir().unwrap();
     let truth = history(dir.path(), generated(60_000, 0.05, true)).await;
-    let report = train::run(job(dir.path(), TrainConfig::default())).await.unwrap();
+    let report = train::run(job(dir.path(), TrainConfig::default()), Shutdown::new()).await.unwrap();
     assert_eq!(report.published.as_deref(), Some("000001"), "{report:?}");
     assert_eq!((report.rows_read, report.rows_used), (60_000, 60_000));
     assert!(report.holdout_auc > 0.8, "{report:?}");
@@ -68,7 +69,7 @@ async fn trains_publishes_and_the_model_scores_the_same_when_loaded_back() {
     assert!(report.holdout_auc > best - 0.05, "model {} vs truth {best}", report.holdout_auc);
 
     // A second run with an equal model publishes version 2 and moves the pointer.
-    let second = train::run(job(dir.path(), TrainConfig::default())).await.unwrap();
+    let second = train::run(job(dir.path(), TrainConfig::default()), Shutdown::new()).await.unwrap();
     assert_eq!(second.published.as_deref(), Some("000002"));
     assert_eq!(store.current_id().unwrap().as_deref(), Some("000002"));
 }
@@ -122,7 +123,7 @@ async fn truth_auc(
 async fn the_held_out_auc_is_within_0_005_of_the_truths() {
     let dir = tempfile::tempdir().unwrap();
     let truth = history(dir.path(), generated(200_000, 0.02, true)).await;
-    let report = train::run(job(dir.path(), TrainConfig::default())).await.unwrap();
+    let report = train::run(job(dir.path(), TrainConfig::default()), Shutdown::new()).await.unwrap();
     let model = ModelStore::new(dir.path().join("models")).current().unwrap().unwrap();
     let best = truth_auc(dir.path(), &model, &truth).await;
     eprintln!("held-out AUC: model {:.4}, true probabilities {best:.4}", report.holdout_auc);
@@ -141,33 +142,39 @@ async fn refusals_say_why_and_publish_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // No labels at all.
     history(dir.path(), generated(5_000, 0.05, false)).await;
-    let why = refusal(train::run(job(dir.path(), TrainConfig::default())).await);
+    let why = refusal(train::run(job(dir.path(), TrainConfig::default()), Shutdown::new()).await);
     assert!(why.contains("no labelled rows"), "{why}");
     assert!(!dir.path().join("models").join("CURRENT").exists());
 
     // One class only.
     let dir = tempfile::tempdir().unwrap();
     history(dir.path(), generated(5_000, 0.0, true)).await;
-    let why = refusal(train::run(job(dir.path(), TrainConfig::default())).await);
+    let why = refusal(train::run(job(dir.path(), TrainConfig::default()), Shutdown::new()).await);
     assert!(why.contains("only one class"), "{why}");
 
     // Too few positives, and a quality gate that no model passes (then forced).
     let dir = tempfile::tempdir().unwrap();
     history(dir.path(), generated(10_000, 0.05, true)).await;
     let why = refusal(
-        train::run(job(dir.path(), TrainConfig { min_positives: 100_000, ..TrainConfig::default() })).await,
+        train::run(
+            job(dir.path(), TrainConfig { min_positives: 100_000, ..TrainConfig::default() }),
+            Shutdown::new(),
+        )
+        .await,
     );
     assert!(why.contains("train.min_positives = 100000"), "{why}");
     let strict = TrainConfig { auc_floor: 0.999, ..TrainConfig::default() };
-    let why = refusal(train::run(job(dir.path(), strict.clone())).await);
+    let why = refusal(train::run(job(dir.path(), strict.clone()), Shutdown::new()).await);
     assert!(why.contains("under train.auc_floor = 0.999") && why.contains("--force"), "{why}");
     assert!(!dir.path().join("models").join("CURRENT").exists());
-    let forced = train::run(job(dir.path(), TrainConfig { force: true, ..strict })).await.unwrap();
+    let forced =
+        train::run(job(dir.path(), TrainConfig { force: true, ..strict }), Shutdown::new()).await.unwrap();
     assert_eq!(forced.published.as_deref(), Some("000001"));
 
     // A missing table.
     let empty = tempfile::tempdir().unwrap();
-    let err = train::run(job(empty.path(), TrainConfig::default())).await.unwrap_err().to_string();
+    let err =
+        train::run(job(empty.path(), TrainConfig::default()), Shutdown::new()).await.unwrap_err().to_string();
     assert!(err.contains("clean"), "{err}");
 }
 
@@ -217,7 +224,7 @@ async fn scikit_learn_on_the_exported_features_finds_the_same_model() {
             force: true,
             ..TrainConfig::default()
         };
-        let report = train::run(job(dir.path(), config)).await.unwrap();
+        let report = train::run(job(dir.path(), config), Shutdown::new()).await.unwrap();
         let id = report.published.unwrap();
         let model = ModelStore::new(dir.path().join("models")).version_dir(&id).join("model.json");
         let out =
@@ -245,31 +252,37 @@ async fn batch_scores_land_once_per_transaction_in_the_serving_view_also_when_ru
     let clickhouse = common::fresh_clickhouse("batch");
     let batch = BatchScore::new(clickhouse.clone());
     let with_batch = || TrainJob { batch: Some(batch.clone()), ..job(dir.path(), TrainConfig::default()) };
-    let first = train::run(with_batch()).await.unwrap();
+    let first = train::run(with_batch(), Shutdown::new()).await.unwrap();
     let b = first.batch.clone().expect("batch scores written");
     assert_eq!((b.rows, b.model_version.as_str()), (20_000, "000001"), "{b:?}");
     let db = &clickhouse.database;
     let count = |table: &str| format!("SELECT count(), uniqExact(transaction_id) FROM {db}.{table}");
     assert_eq!(common::query(&clickhouse, &count("transactions_batch")).await, "20000\t20000");
-    // Every row carries its model, run, a probability and reasons named after features.
+    // Every row carries its model, run, a probability and at most three reasons (a row that
+    // nothing pushes above the model's baseline has none); every flagged row says why, in codes
+    // the model's features make and in text.
     let summary = common::query(
         &clickhouse,
         &format!(
             "SELECT uniqExact(model_version), uniqExact(batch_run_id), min(fraud_probability) >= 0, \
-             max(fraud_probability) <= 1, countIf(length(reasons) BETWEEN 1 AND 3), any(model_version) \
+             max(fraud_probability) <= 1, countIf(length(reasons) <= 3), \
+             countIf(predicted_label = 1 AND (length(reasons) = 0 OR explanation = '')), any(model_version) \
              FROM {db}.transactions_batch"
         ),
     )
     .await;
-    assert_eq!(summary, "1\t1\t1\t1\t20000\t000001");
+    assert_eq!(summary, "1\t1\t1\t1\t20000\t0\t000001");
     let model = ModelStore::new(dir.path().join("models")).current().unwrap().unwrap();
+    let scorer = txpipe_core::model::Scorer::new(&model, &Schema::default_schema()).unwrap();
+    let codes: Vec<&str> = scorer.all_reason_codes().collect();
     let reasons = common::query(
         &clickhouse,
         &format!("SELECT DISTINCT arrayJoin(reasons) FROM {db}.transactions_batch"),
     )
     .await;
+    assert!(reasons.lines().count() > 3, "{reasons}");
     for r in reasons.lines() {
-        assert!(model.features.names.iter().any(|n| n == r), "reason {r:?} is not a feature name");
+        assert!(codes.contains(&r), "reason {r:?} is not one of the model's codes {codes:?}");
     }
     // The fraudulent rows score higher than the others, on average.
     let by_label = common::query(
@@ -281,7 +294,7 @@ async fn batch_scores_land_once_per_transaction_in_the_serving_view_also_when_ru
 
     // A second run (a new model, a new run): the table holds both, the view one row per id,
     // from the newer run.
-    let second = train::run(with_batch()).await.unwrap();
+    let second = train::run(with_batch(), Shutdown::new()).await.unwrap();
     let run2 = second.batch.unwrap().run_id;
     assert_eq!(second.published.as_deref(), Some("000002"));
     assert_eq!(common::query(&clickhouse, &count("transactions_serving")).await, "20000\t20000");
@@ -306,7 +319,7 @@ async fn batch_scoring_with_clickhouse_away_keeps_the_model_and_says_so() {
         ..BatchScore::new(away)
     };
     let run = TrainJob { batch: Some(batch), ..job(dir.path(), TrainConfig::default()) };
-    let err = train::run(run).await.unwrap_err();
+    let err = train::run(run, Shutdown::new()).await.unwrap_err();
     assert!(matches!(&err, JobError::BatchScore { published, .. } if published == "000001"), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("model version 000001 is published") && text.contains("127.0.0.1:9"), "{text}");
@@ -317,7 +330,7 @@ async fn batch_scoring_with_clickhouse_away_keeps_the_model_and_says_so() {
 async fn a_reader_polling_the_pointer_while_models_are_published_never_sees_half_a_model() {
     let dir = tempfile::tempdir().unwrap();
     history(dir.path(), generated(10_000, 0.05, true)).await;
-    train::run(job(dir.path(), TrainConfig::default())).await.unwrap();
+    train::run(job(dir.path(), TrainConfig::default()), Shutdown::new()).await.unwrap();
     let store = ModelStore::new(dir.path().join("models"));
     let model = store.current().unwrap().unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -346,4 +359,39 @@ async fn a_reader_polling_the_pointer_while_models_are_published_never_sees_half
     let (reads, versions) = reader.join().unwrap();
     assert_eq!(store.current_id().unwrap().as_deref(), Some("000041"));
     assert!(reads > 40 && versions.len() > 2, "{reads} reads saw {versions:?}");
+}
+
+/// A stop asked while train works ends it between two stages: nothing is published, and the
+/// error says where it stopped. The stop is asked from inside the fit stage (its hook), so the
+/// run is stopped mid-way every time, not only when a signal happens to land in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_train_ends_it_between_stages_and_publishes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    history(dir.path(), generated(20_000, 0.05, true)).await;
+    let shutdown = Shutdown::new();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (stop, log) = (shutdown.clone(), seen.clone());
+    let hook = train::StageHook(std::sync::Arc::new(move |stage: &str| {
+        log.lock().unwrap().push(stage.to_string());
+        if stage.starts_with("fitting") {
+            stop.trigger();
+        }
+    }));
+    let run = TrainJob { on_stage: Some(hook), ..job(dir.path(), TrainConfig::default()) };
+    match train::run(run, shutdown).await {
+        Err(JobError::Stopped { at }) => assert_eq!(at, "before evaluating"),
+        other => panic!("expected a stop, got {other:?}"),
+    }
+    let stages = seen.lock().unwrap().clone();
+    assert!(
+        stages.iter().any(|s| s.starts_with("features")) && stages.last().unwrap().starts_with("fitting"),
+        "{stages:?}"
+    );
+    assert!(!dir.path().join("models").join("CURRENT").exists(), "nothing published");
+
+    // A stop asked before the run: it reads nothing.
+    let stopped = Shutdown::new();
+    stopped.trigger();
+    let err = train::run(job(dir.path(), TrainConfig::default()), stopped).await.unwrap_err();
+    assert!(matches!(&err, JobError::Stopped { at } if at.starts_with("before reading")), "{err}");
 }

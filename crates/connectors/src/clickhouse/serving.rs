@@ -97,11 +97,14 @@ pub struct Serving {
     columns: Vec<ServingColumn>,
 }
 
-/// Fixed columns of both tables, after the transaction id, the event time and the copied fields.
-const PREDICTION_COLUMNS: [(&str, &str); 5] = [
+/// Fixed columns of both tables, after the transaction id, the event time and the copied fields:
+/// `reasons` are stable machine codes (`has(reasons, 'new_country')`), `explanation` the same
+/// reasons as text with the transaction's values.
+const PREDICTION_COLUMNS: [(&str, &str); 6] = [
     ("fraud_probability", "Float64"),
     ("predicted_label", "UInt8"),
     ("reasons", "Array(String)"),
+    ("explanation", "String"),
     ("model_version", "String"),
     ("scored_at", "DateTime"),
 ];
@@ -269,14 +272,75 @@ impl Serving {
         move |source| ClickHouseError::Request { url, what, source }
     }
 
-    /// Creates the database, the tables and the view when missing.
+    /// Creates the database, the tables and the view when missing, and brings tables made by
+    /// an earlier release up to date (see [`Serving::upgrades`]).
     pub async fn ensure(&self) -> Result<()> {
-        for (i, sql) in self.statements().into_iter().enumerate() {
-            let client = if i == 0 { &self.server } else { &self.client };
-            let what = sql.split(" (").next().unwrap_or(&sql).to_string();
-            client.query(&sql).execute().await.map_err(self.request_err(what))?;
+        let statements = self.statements();
+        let (first, rest) = statements.split_at(1);
+        self.run(&self.server, &first[0]).await?;
+        // Upgrades before the view: a view made by an earlier release is made again after.
+        self.run(&self.client, &rest[0]).await?;
+        self.run(&self.client, &rest[1]).await?;
+        for sql in self.upgrades().await? {
+            tracing::info!(%sql, "upgrading a serving table made by an earlier release");
+            self.run(&self.client, &sql).await?;
+        }
+        for sql in &rest[2..] {
+            self.run(&self.client, sql).await?;
         }
         Ok(())
+    }
+
+    /// Runs one statement that returns nothing (names qualified with the database), for tools
+    /// and tests.
+    pub async fn execute(&self, sql: &str) -> Result<()> {
+        self.run(&self.server, sql).await
+    }
+
+    async fn run(&self, client: &clickhouse::Client, sql: &str) -> Result<()> {
+        let what = sql.split(" (").next().unwrap_or(sql).to_string();
+        client.query(sql).execute().await.map_err(self.request_err(what))
+    }
+
+    /// The statements that add the prediction columns a table made by an earlier release lacks
+    /// (`explanation`, added after `reasons`), and drop a view that lacks one (the view holds
+    /// no data; [`Serving::ensure`] makes it again).
+    pub async fn upgrades(&self) -> Result<Vec<String>> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct Column {
+            table: String,
+            name: String,
+        }
+        let tables = [REALTIME, BATCH, SERVING];
+        let sql = "SELECT table, name FROM system.columns WHERE database = ? AND table IN (?, ?, ?)";
+        let mut query = self.server.query(sql).bind(&self.database);
+        for t in tables {
+            query = query.bind(t);
+        }
+        let found: Vec<Column> =
+            query.fetch_all().await.map_err(self.request_err("reading the tables' columns"))?;
+        let mut out = Vec::new();
+        for table in tables {
+            let has = |c: &str| found.iter().any(|f| f.table == table && f.name == c);
+            if !found.iter().any(|f| f.table == table) {
+                continue;
+            }
+            let mut after = "event_time";
+            for (name, kind) in PREDICTION_COLUMNS {
+                if !has(name) {
+                    if table == SERVING {
+                        out.push(format!("DROP TABLE IF EXISTS {}", self.name(SERVING)));
+                        break;
+                    }
+                    out.push(format!(
+                        "ALTER TABLE {} ADD COLUMN {name} {kind} AFTER {after}",
+                        self.name(table)
+                    ));
+                }
+                after = name;
+            }
+        }
+        Ok(out)
     }
 
     /// Runs a query and reads its one-line text answer (for checks and summaries).
@@ -317,6 +381,8 @@ pub struct Prediction<'a> {
     pub probability: f64,
     pub label: bool,
     pub reasons: &'a [&'a str],
+    /// The reasons as text with the transaction's values, `; ` between them.
+    pub explanation: &'a str,
     pub model_version: &'a str,
     /// UTC seconds.
     pub scored_at: u32,
@@ -415,6 +481,7 @@ impl PredictionRows {
         for r in p.reasons {
             string(buf, r);
         }
+        string(buf, p.explanation);
         string(buf, p.model_version);
         buf.extend_from_slice(&p.scored_at.to_le_bytes());
         if self.target == Target::Batch {

@@ -22,8 +22,8 @@ use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 
+use super::DeltaError;
 use super::read::{DataFile, data_files, read_file};
-use super::table::DeltaError;
 
 fn failed<'a>(location: &'a str, operation: &'static str) -> impl Fn(DeltaTableError) -> DeltaError + 'a {
     move |source| DeltaError::Maintenance {
@@ -213,9 +213,24 @@ mod tests {
     use txpipe_core::event::EventParser;
     use txpipe_core::schema::Schema;
 
+    use txpipe_core::event::Value;
+
     use super::*;
-    use crate::delta::table::tests::rows;
-    use crate::delta::{EVENT_DATE, Table, clean_schema, open_existing, read_rows};
+    use crate::delta::{CleanRows, EVENT_DATE, Table, clean_schema, open_existing, read_rows};
+
+    /// Clean rows at these times (one a time), positions 0, 1, ...
+    fn rows(parser: &EventParser, times: &[&str]) -> deltalake::arrow::array::RecordBatch {
+        let mut out = CleanRows::new(parser.schema());
+        for (i, time) in times.iter().enumerate() {
+            let json = format!(
+                r#"{{"transaction_id":"m{i}-{time}","account_id":"a","merchant_category":"fuel","amount":2.0,"currency":"EUR","event_time":"{time}"}}"#
+            );
+            let mut values: Vec<Value> = Vec::new();
+            parser.parse(json.as_bytes(), &mut values).unwrap();
+            out.push(&values, 0, i as i64);
+        }
+        out.finish(0).unwrap()
+    }
 
     const BIG: u64 = 1 << 30;
 

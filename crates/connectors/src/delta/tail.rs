@@ -17,12 +17,11 @@ use std::sync::Arc;
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::kernel::Action;
-use deltalake::logstore::object_store::ObjectStoreExt;
-use deltalake::logstore::{LogStore, LogStoreRef, get_actions};
+use deltalake::logstore::LogStoreRef;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, Path, ensure_table_uri};
 
 use super::read::{DataFile, read_projected};
-use super::{DeltaError, data_files};
+use super::{DeltaError, data_files, log};
 
 /// One micro-batch of a tail: whole commits, so that the rows of one commit (which a reader
 /// orders by Kafka partition and offset) never straddle two batches.
@@ -115,7 +114,7 @@ impl TableTail {
     /// commit by commit from its start; false while the table does not exist.
     pub async fn log_starts_at_zero(&mut self) -> Result<bool, DeltaError> {
         let Some(store) = self.log_store().await? else { return Ok(false) };
-        Ok(store.read_commit_entry(0).await.map_err(|e| read_err(&self.location, e))?.is_some())
+        log::has_entry(store.as_ref(), 0).await.map_err(|e| read_err(&self.location, e))
     }
 
     /// The next version to be read from the log.
@@ -136,9 +135,7 @@ impl TableTail {
             .build()
             .map_err(err)?;
         let store = table.log_store();
-        let exists = store.read_commit_entry(0).await.map_err(err)?.is_some()
-            || last_checkpoint(store.as_ref()).await.map_err(err)?.is_some();
-        if !exists {
+        if !log::exists(store.as_ref()).await.map_err(err)? {
             return Ok(None);
         }
         self.log_store = Some(store.clone());
@@ -216,8 +213,8 @@ impl TableTail {
             if files >= self.max_files || rows >= self.max_rows || self.until.is_some_and(|u| self.next > u) {
                 break;
             }
-            let Some(bytes) = store.read_commit_entry(self.next).await.map_err(err)? else {
-                if let Some(cp) = last_checkpoint(store.as_ref()).await.map_err(err)?
+            let Some(actions) = log::entry(store.as_ref(), self.next).await.map_err(err)? else {
+                if let Some(cp) = log::last_checkpoint(store.as_ref()).await.map_err(err)?
                     && cp >= self.next
                 {
                     return Err(DeltaError::Gone {
@@ -235,7 +232,7 @@ impl TableTail {
             let version = self.next;
             let mut added = Vec::new();
             let mut rows = 0;
-            for action in get_actions(version, &bytes).map_err(err)? {
+            for action in actions {
                 match action {
                     Action::Add(add) if add.data_change => {
                         rows += add.stats.as_deref().map_or(0, num_records);
@@ -360,18 +357,4 @@ fn num_records(stats: &str) -> u64 {
         num_records: Option<u64>,
     }
     serde_json::from_str::<Stats>(stats).ok().and_then(|s| s.num_records).unwrap_or(0)
-}
-
-/// The version of the newest checkpoint `_last_checkpoint` points at.
-async fn last_checkpoint(store: &dyn LogStore) -> Result<Option<u64>, DeltaTableError> {
-    let path = Path::from("_delta_log/_last_checkpoint");
-    match store.object_store(None).get(&path).await {
-        Ok(found) => {
-            let bytes = found.bytes().await?;
-            let pointer: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
-            Ok(pointer.and_then(|p| p.get("version")?.as_u64()))
-        }
-        Err(deltalake::ObjectStoreError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
 }

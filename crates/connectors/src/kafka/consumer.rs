@@ -364,6 +364,11 @@ impl Consumer {
         self.inner.context().assigned.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
+    /// The topic read.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     /// A positioning failure of the last assignment, if any: the caller must stop before it
     /// handles another message.
     pub fn failure(&self) -> Option<String> {

@@ -86,6 +86,10 @@ pub struct Seen {
     /// The account had events with a country before, and this country is not the one it used
     /// most (ties: the one seen first).
     pub unusual_country: bool,
+    /// The mean of the account's earlier amounts (None: none before), for explanations.
+    pub mean_amount: Option<f64>,
+    /// The country the account used most before this event (see [`History::country_name`]).
+    pub usual_country: Option<u32>,
 }
 
 /// The history of every account seen so far.
@@ -295,8 +299,9 @@ impl History {
         let a = self.account_mut(account);
         let from = t.saturating_sub(window_us);
         let in_window = a.times.iter().filter(|&&s| s > from && s <= t).count() as u32;
-        let amount_vs_mean = match (amount, a.amounts) {
-            (Some(x), n) if n > 0 => ((x.max(0.0) + 1.0) / (a.sum / n as f64 + 1.0)).ln(),
+        let mean_amount = (a.amounts > 0).then(|| a.sum / a.amounts as f64);
+        let amount_vs_mean = match (amount, mean_amount) {
+            (Some(x), Some(mean)) => ((x.max(0.0) + 1.0) / (mean + 1.0)).ln(),
             _ => 0.0,
         };
         let last = a.seen.then_some(a.last);
@@ -308,6 +313,7 @@ impl History {
             _ => Some(e),
         });
         let unusual_country = matches!((country, usual), (Some(c), Some(&(u, _))) if c != u);
+        let usual_country = usual.map(|&(u, _)| u);
         // Then the event joins the history.
         if let Some(x) = amount {
             a.amounts = a.amounts.saturating_add(1);
@@ -335,7 +341,14 @@ impl History {
             since_previous_us,
             new_country,
             unusual_country,
+            mean_amount,
+            usual_country,
         }
+    }
+
+    /// The name of a country number of [`Seen::usual_country`].
+    pub fn country_name(&self, n: u32) -> Option<&str> {
+        self.country_names.get(n as usize).map(|c| &**c)
     }
 }
 
@@ -365,13 +378,14 @@ mod tests {
             amount: Option<f64>,
             country: Option<&str>,
             window_us: i64,
-        ) -> Seen {
+        ) -> (Seen, Option<String>) {
             let (times, newest, count, amounts, sum, last, countries) =
                 self.accounts.entry(account.to_string()).or_default();
             let from = t.saturating_sub(window_us);
             let in_window = times.iter().filter(|&&s| s > from && s <= t).count() as u32;
-            let amount_vs_mean = match (amount, *amounts) {
-                (Some(x), n) if n > 0 => ((x.max(0.0) + 1.0) / (*sum / n as f64 + 1.0)).ln(),
+            let mean_amount = (*amounts > 0).then(|| *sum / *amounts as f64);
+            let amount_vs_mean = match (amount, mean_amount) {
+                (Some(x), Some(mean)) => ((x.max(0.0) + 1.0) / (mean + 1.0)).ln(),
                 _ => 0.0,
             };
             let gap = last.map_or(GAP_CAP_S, |l| ((t - l) as f64 / 1e6).clamp(0.0, GAP_CAP_S));
@@ -384,6 +398,7 @@ mod tests {
                 }
             }
             let unusual_country = matches!((country, usual), (Some(c), Some((u, _))) if c != u);
+            let usual_name = usual.map(|(u, _)| u.clone());
             *count += 1;
             if let Some(x) = amount {
                 *amounts += 1;
@@ -401,15 +416,24 @@ mod tests {
             while times.front().is_some_and(|&s| s <= newest.saturating_sub(window_us)) {
                 times.pop_front();
             }
-            Seen {
+            let seen = Seen {
                 in_window,
                 amount_vs_mean,
                 log_seconds_since_previous: gap.ln_1p(),
                 since_previous_us,
                 new_country,
                 unusual_country,
-            }
+                mean_amount,
+                usual_country: None,
+            };
+            (seen, usual_name)
         }
+    }
+
+    /// A compact history's answer in the plain one's terms: the usual country by name.
+    fn named(h: &History, seen: Seen) -> (Seen, Option<String>) {
+        let usual = seen.usual_country.map(|n| h.country_name(n).expect("a known country").to_string());
+        (Seen { usual_country: None, ..seen }, usual)
     }
 
     proptest! {
@@ -428,10 +452,8 @@ mod tests {
                 let id = format!("acct-{}", "7".repeat(account as usize % 3) + &account.to_string());
                 let country = country.map(|c| ["FR", "DE", "GB", "US", "F"][c as usize]);
                 let (t, window) = (t * S, window * S);
-                prop_assert_eq!(
-                    compact.observe(&id, t, amount, country, window),
-                    plain.observe(&id, t, amount, country, window)
-                );
+                let seen = compact.observe(&id, t, amount, country, window);
+                prop_assert_eq!(named(&compact, seen), plain.observe(&id, t, amount, country, window));
             }
             prop_assert_eq!(compact.len(), plain.accounts.len());
         }
@@ -504,7 +526,9 @@ mod tests {
                 log_seconds_since_previous: GAP_CAP_S.ln_1p(),
                 since_previous_us: None,
                 new_country: false,
-                unusual_country: false
+                unusual_country: false,
+                mean_amount: None,
+                usual_country: None,
             }
         );
         let second = h.observe("a", 160 * S, Some(32.0), Some("DE"), 3_600 * S);
@@ -513,6 +537,8 @@ mod tests {
         assert!((second.log_seconds_since_previous - 60f64.ln_1p()).abs() < 1e-12);
         assert_eq!(second.since_previous_us, Some(60 * S));
         assert!(second.new_country && second.unusual_country);
+        assert_eq!(second.mean_amount, Some(10.0));
+        assert_eq!(second.usual_country.and_then(|n| h.country_name(n)), Some("FR"));
         // Another account knows nothing of the first.
         assert_eq!(h.observe("b", 170 * S, Some(1.0), Some("DE"), 3_600 * S).in_window, 0);
         // Two hours later the window is empty again; DE is not new any more.

@@ -7,6 +7,7 @@
 //! value is computed in `f64` and rounded to `f32` once, at the end.
 
 mod history;
+mod reasons;
 mod spec;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 pub use history::{History, Seen};
+pub use reasons::{Explainer, Reason, Reasons};
 pub use spec::{
     CategoricalFeature, FeatureConfig, FeatureSpec, HistoryFeatures, HistorySpec, NumericFeature,
     NumericTransform,
@@ -371,8 +373,9 @@ impl Features {
     }
 
     /// The features of one event into `out` (`width()` values), then the event into the
-    /// account's history. Events must come in the table's order.
-    pub fn row(&self, values: &[Value<'_>], history: &mut History, out: &mut [f32]) {
+    /// account's history. Events must come in the table's order. Returns what the history
+    /// said of the event (None without history features), for its explanation.
+    pub fn row(&self, values: &[Value<'_>], history: &mut History, out: &mut [f32]) -> Option<Seen> {
         let mut k = 0;
         let mut put = |x: f64| {
             out[k] = x as f32;
@@ -446,7 +449,9 @@ impl Features {
             if let Some(within) = spec.previous_within_us {
                 put(if seen.since_previous_us.is_some_and(|g| g < within) { 1.0 } else { 0.0 });
             }
+            return Some(seen);
         }
+        None
     }
 }
 

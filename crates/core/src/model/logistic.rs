@@ -134,65 +134,12 @@ impl LogisticModel {
         z
     }
 
-    /// The (at most) three features that pushed this row's score up most (positive
-    /// contributions only, see [`Self::contributions`]), largest first; equal pushes in feature
-    /// order. No allocation: scoring calls it for every row.
-    pub fn top_reasons(&self, x: &[f32]) -> Reasons {
-        let mut top = Reasons::default();
-        for (j, &v) in x.iter().enumerate() {
-            let c = self.standardized[j] * (v as f64 - self.means[j]) / self.stds[j];
-            if c > 0.0 {
-                top.offer(j, c);
-            }
-        }
-        top
-    }
-
     /// Each feature's push on the score for one row: coefficient × standardised value.
     pub fn contributions(&self, x: &[f32]) -> Vec<f64> {
         x.iter()
             .enumerate()
             .map(|(j, &v)| self.standardized[j] * (v as f64 - self.means[j]) / self.stds[j])
             .collect()
-    }
-}
-
-/// The indices of the features that pushed a score up most, largest push first.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Reasons {
-    top: [(usize, f64); 3],
-    len: usize,
-}
-
-impl Reasons {
-    fn offer(&mut self, j: usize, c: f64) {
-        // Insert keeping the order (largest first; a later equal push stays behind).
-        let mut at = self.len;
-        while at > 0 && self.top[at - 1].1 < c {
-            at -= 1;
-        }
-        if at >= 3 {
-            return;
-        }
-        let end = self.len.min(2);
-        for k in (at..end).rev() {
-            self.top[k + 1] = self.top[k];
-        }
-        self.top[at] = (j, c);
-        self.len = (self.len + 1).min(3);
-    }
-
-    /// The feature indices, largest push first.
-    pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {
-        self.top[..self.len].iter().map(|(j, _)| *j)
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 

@@ -9,7 +9,7 @@ pub mod metrics;
 pub mod scorer;
 
 pub use artifact::{HyperParameters, Lineage, Metrics, ModelArtifact};
-pub use logistic::{ClassWeight, FitError, FitOptions, LogisticModel, Reasons, fit, sigmoid};
+pub use logistic::{ClassWeight, FitError, FitOptions, LogisticModel, fit, sigmoid};
 pub use matrix::{Matrix, MatrixBuilder};
 pub use metrics::{AtThreshold, Evaluation, ThresholdTarget, choose_threshold, evaluate};
 pub use scorer::{Scored, Scorer};

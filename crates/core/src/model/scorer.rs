@@ -6,8 +6,7 @@
 //! the same probabilities, bit for bit.
 
 use crate::event::Value;
-use crate::features::{Features, History};
-use crate::model::logistic::Reasons;
+use crate::features::{Explainer, Features, History, Reasons, Seen};
 use crate::model::{LogisticModel, ModelArtifact};
 use crate::schema::Schema;
 
@@ -17,7 +16,10 @@ pub struct Scored {
     pub probability: f64,
     /// `probability ≥ threshold`.
     pub label: bool,
+    /// Why, as [`Scorer::reason_codes`] and [`Scorer::explain`] name it.
     pub reasons: Reasons,
+    /// What the account history said of the event (for its explanation).
+    pub seen: Option<Seen>,
 }
 
 /// A model bound to the schema events are read with.
@@ -25,6 +27,7 @@ pub struct Scored {
 pub struct Scorer {
     features: Features,
     model: LogisticModel,
+    explainer: Explainer,
     threshold: f64,
     version: String,
     row: Vec<f32>,
@@ -47,7 +50,9 @@ impl Scorer {
                 format!("{width} coefficients, means, stds (one per feature)"),
             ));
         }
+        let explainer = Explainer::new(&features, &m.standardized, &m.means, &m.stds);
         Ok(Scorer {
+            explainer,
             features,
             model: m.clone(),
             threshold: artifact.threshold,
@@ -61,20 +66,41 @@ impl Scorer {
         &self.version
     }
 
-    /// The feature names, for [`Reasons`].
+    /// The feature names (columns of the feature row).
     pub fn names(&self) -> &[String] {
         self.features.names()
     }
 
     /// Scores one event (schema-ordered values), then adds it to the account's history.
     pub fn score(&mut self, values: &[Value<'_>], history: &mut History) -> Scored {
-        self.features.row(values, history, &mut self.row);
+        let seen = self.features.row(values, history, &mut self.row);
         let probability = self.model.probability(&self.row);
         Scored {
             probability,
             label: probability >= self.threshold,
-            reasons: self.model.top_reasons(&self.row),
+            reasons: self.explainer.reasons(&self.row),
+            seen,
         }
+    }
+
+    /// The machine codes of a score's reasons (at most three, largest push first) into `out`;
+    /// how many.
+    pub fn reason_codes<'s>(&'s self, scored: &Scored, out: &mut [&'s str; 3]) -> usize {
+        for (slot, r) in out.iter_mut().zip(scored.reasons.iter()) {
+            *slot = self.explainer.code(r);
+        }
+        scored.reasons.len()
+    }
+
+    /// Every code this model's reasons can take (`reasons` in the serving tables).
+    pub fn all_reason_codes(&self) -> impl Iterator<Item = &str> {
+        self.explainer.codes()
+    }
+
+    /// A score's reasons as text with the event's values (`history`: the one it was scored
+    /// with), into `out`.
+    pub fn explain(&self, scored: &Scored, values: &[Value<'_>], history: &History, out: &mut String) {
+        self.explainer.explain(&scored.reasons, values, scored.seen.as_ref(), history, out);
     }
 
     /// The fields [`Self::observe`] reads (see [`Features::history_fields`]).
@@ -96,11 +122,5 @@ impl Scorer {
     /// Adds an event to the history without scoring it (an event before the range scored).
     pub fn observe(&mut self, values: &[Value<'_>], history: &mut History) {
         self.features.row(values, history, &mut self.row);
-    }
-
-    /// The names of a score's reasons, largest push first.
-    pub fn reason_names<'s>(&'s self, reasons: &Reasons, out: &mut Vec<&'s str>) {
-        out.clear();
-        out.extend(reasons.indices().map(|j| self.features.names()[j].as_str()));
     }
 }

@@ -47,7 +47,7 @@ impl Compactor {
                     }
                 });
             })
-            .map_err(|e| JobError::Internal(format!("starting the compaction thread: {e}")))?;
+            .map_err(|e| JobError::io("starting the compaction thread", e))?;
         Ok(Compactor { stop, thread })
     }
 

@@ -1,7 +1,9 @@
 //! Points where a test holds ingest to force an interleaving (a commit held while a rebalance
-//! runs). Empty by default: a run without hooks never waits on them.
+//! runs), or makes the table's storage unreachable for a while. Empty by default: a run without
+//! hooks never waits on them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
@@ -13,6 +15,8 @@ pub struct Hooks {
     pub before_commit: Option<Arc<Gate>>,
     /// Reached (never held) each time the reader takes in an assignment.
     pub assigned: Option<Arc<Gate>>,
+    /// While it lasts, every commit attempt fails as one to an unreachable store does.
+    pub storage_outage: Option<Arc<Outage>>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -20,6 +24,7 @@ impl std::fmt::Debug for Hooks {
         f.debug_struct("Hooks")
             .field("before_commit", &self.before_commit.is_some())
             .field("assigned", &self.assigned.is_some())
+            .field("storage_outage", &self.storage_outage.is_some())
             .finish()
     }
 }
@@ -60,5 +65,40 @@ impl Gate {
     pub(crate) async fn pass(&self) {
         self.arrive();
         let _ = self.open.subscribe().wait_for(|&o| o).await;
+    }
+}
+
+/// An outage of the table's storage that a test begins and ends: while on, each commit attempt
+/// fails with the I/O error an unreachable store gives (which ingest retries), and is counted.
+pub struct Outage {
+    on: AtomicBool,
+    attempts: watch::Sender<u64>,
+}
+
+impl Outage {
+    /// An outage under way.
+    pub fn begun() -> Arc<Outage> {
+        Arc::new(Outage { on: AtomicBool::new(true), attempts: watch::Sender::new(0) })
+    }
+
+    pub fn end(&self) {
+        self.on.store(false, Ordering::SeqCst);
+    }
+
+    /// Waits until `n` commit attempts in all have failed.
+    pub async fn failed(&self, n: u64) {
+        let _ = self.attempts.subscribe().wait_for(|&a| a >= n).await;
+    }
+
+    /// The error of a commit attempt during the outage (None: the storage answers).
+    pub(crate) fn attempt(&self) -> Option<std::io::Error> {
+        if !self.on.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.attempts.send_modify(|a| *a += 1);
+        Some(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "the table's storage is unreachable (outage hook)",
+        ))
     }
 }

@@ -37,7 +37,7 @@ use txpipe_core::units::{parse_duration_us, parse_time_us};
 
 use crate::{Result, Shutdown};
 
-pub use hooks::{Gate, Hooks};
+pub use hooks::{Gate, Hooks, Outage};
 pub use parse::Limits;
 
 /// `[ingest]`: when to commit and where to start.
@@ -240,6 +240,9 @@ pub struct IngestReport {
     pub commits: u64,
     pub clean_version: Option<u64>,
     pub quarantine_version: Option<u64>,
+    /// Stopped as asked while the table's storage was unreachable, with messages not committed
+    /// (read again at the next start).
+    pub stopped_in_outage: bool,
     pub elapsed_s: f64,
 }
 
@@ -265,13 +268,14 @@ fn distinct_columns(schema: &Schema) -> Vec<&str> {
     columns
 }
 
-/// Opens (or creates) both tables, retrying storage failures.
-async fn open_tables(job: &IngestJob) -> Result<(Table, Table)> {
+/// Opens (or creates) both tables, retrying storage failures (not once a stop is asked).
+async fn open_tables(job: &IngestJob, shutdown: &Shutdown) -> Result<(Table, Table)> {
     let prefix = app_prefix(&job.kafka.topic);
     let interval = job.settings.checkpoint_interval;
     let backoff = Backoff::default();
+    let go = || !shutdown.is_triggered();
     let clean = backoff
-        .retry("opening the clean table", DeltaError::retryable, || {
+        .retry_while("opening the clean table", DeltaError::retryable, go, || {
             Table::open_or_create(
                 &job.tables.clean,
                 &job.tables.storage_options,
@@ -284,7 +288,7 @@ async fn open_tables(job: &IngestJob) -> Result<(Table, Table)> {
         .await?
         .with_distinct_columns(&distinct_columns(&job.schema));
     let quarantine = backoff
-        .retry("opening the quarantine table", DeltaError::retryable, || {
+        .retry_while("opening the quarantine table", DeltaError::retryable, go, || {
             Table::open_or_create(
                 &job.tables.quarantine,
                 &job.tables.storage_options,
@@ -305,7 +309,7 @@ pub async fn run(job: IngestJob, shutdown: Shutdown) -> Result<IngestReport> {
     if txpipe_connectors::kafka::wait_for_broker(&job.kafka, job.kafka.connect_backoff()).await?.is_none() {
         tracing::warn!(topic = %job.kafka.topic, "topic does not exist yet; waiting for it");
     }
-    let (clean, quarantine) = open_tables(&job).await?;
+    let (clean, quarantine) = open_tables(&job, &shutdown).await?;
     tracing::info!(
         topic = %job.kafka.topic,
         group = %job.kafka.group_id,
@@ -315,7 +319,7 @@ pub async fn run(job: IngestJob, shutdown: Shutdown) -> Result<IngestReport> {
         "ingest starting"
     );
     // The reader's own handle on the clean table answers "where does partition p start?".
-    let (positions_table, _) = open_tables(&job).await?;
+    let (positions_table, _) = open_tables(&job, &shutdown).await?;
     let stop = Arc::new(AtomicBool::new(false));
     // Room for the chunks that arrive while a commit runs.
     let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel(4);
@@ -341,6 +345,7 @@ pub async fn run(job: IngestJob, shutdown: Shutdown) -> Result<IngestReport> {
         job.kafka.topic.clone(),
         control_tx,
         job.hooks.clone(),
+        shutdown.clone(),
     );
     let compactor = match job.settings.compact_interval {
         Some(every) => {

@@ -322,7 +322,7 @@ pub(super) fn spawn(
             }
             Ok(())
         })
-        .map_err(|e| JobError::Internal(format!("starting the parse thread: {e}")))
+        .map_err(|e| JobError::io("starting the parse thread", e))
 }
 
 #[cfg(test)]

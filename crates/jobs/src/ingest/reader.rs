@@ -262,7 +262,7 @@ pub(super) fn spawn(setup: ReaderSetup) -> Result<ReaderHandle> {
             };
             reader.run(&setup.stop, &thread_activity)
         })
-        .map_err(|e| JobError::Internal(format!("starting the reader thread: {e}")))?;
+        .map_err(|e| JobError::io("starting the reader thread", e))?;
     Ok(ReaderHandle { thread, parse, activity })
 }
 
@@ -319,7 +319,8 @@ impl Reader {
             if now != generation {
                 generation = now;
                 if let Some(failure) = self.consumer.failure() {
-                    return Err(JobError::Internal(format!("kafka consumer: {failure}")));
+                    let topic = self.consumer.topic().to_string();
+                    return Err(JobError::Kafka(KafkaError::Position { topic, detail: failure }));
                 }
                 let events = self.consumer.take_events();
                 if let Some(gate) = &self.hooks.assigned

@@ -150,6 +150,9 @@ pub(super) struct Writer {
     token: u64,
     ledger: Ledger,
     report: IngestReport,
+    /// A stop asked during a storage outage ends the commit retries (the rows not committed are
+    /// read again at the next start: their positions are not in the table).
+    shutdown: Shutdown,
 }
 
 impl Writer {
@@ -160,6 +163,7 @@ impl Writer {
         topic: String,
         control: Sender<Control>,
         hooks: Hooks,
+        shutdown: Shutdown,
     ) -> Writer {
         let report = IngestReport {
             clean_version: clean.version(),
@@ -177,6 +181,7 @@ impl Writer {
             token: 0,
             ledger: Ledger::default(),
             report,
+            shutdown,
         }
     }
 
@@ -317,7 +322,10 @@ impl Writer {
         let _ = self.control.send(Control::Reseek(self.token));
     }
 
-    /// Commits the buffer (quarantine first, then clean), retrying storage failures.
+    /// Commits the buffer (quarantine first, then clean), retrying storage failures with
+    /// backoff for as long as the storage is away — unless a stop is asked: then the attempt
+    /// under way (or one more, right away) is the last, and the rows not committed are left to
+    /// the next start, which reads them again from the positions in the table.
     async fn flush(&mut self) -> Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
@@ -327,11 +335,27 @@ impl Writer {
         loop {
             match self.try_flush().await {
                 Ok(()) => return Ok(()),
+                Err(e) if e.retryable() && self.buffer.can_retry() && self.shutdown.is_triggered() => {
+                    let dropped = std::mem::take(&mut self.buffer);
+                    tracing::warn!(
+                        error = %e,
+                        messages = dropped.messages,
+                        "stopping as asked while the table's storage is unreachable: these messages are not \
+                         committed, and the next start reads them again"
+                    );
+                    self.report.discarded += dropped.messages;
+                    self.report.stopped_in_outage = true;
+                    return Ok(());
+                }
                 // Retry while the finished files are kept (or nothing was finished yet).
                 Err(e) if e.retryable() && self.buffer.can_retry() => {
                     let wait = backoff.delay(attempt);
                     tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, error = %e, "commit failed; keeping the rows and retrying");
-                    tokio::time::sleep(wait).await;
+                    metrics::counter!("txpipe_ingest_commit_retries_total").increment(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.shutdown.wait() => {}
+                    }
                     attempt += 1;
                 }
                 Err(e) if e.retryable() => {
@@ -350,6 +374,9 @@ impl Writer {
     }
 
     async fn try_flush(&mut self) -> std::result::Result<(), DeltaError> {
+        if let Some(e) = self.hooks.storage_outage.as_ref().and_then(|o| o.attempt()) {
+            return Err(DeltaError::commit_io(self.clean.location(), e));
+        }
         let started = Instant::now();
         let read_version = self.check().await?;
         let quarantined = self.commit_quarantine().await?;

@@ -12,10 +12,12 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use txpipe_core::features::History;
 
-use super::RecentIds;
+use super::dedup::RecentIds;
+use super::report::ScoreReport;
 
 const MAGIC: &[u8; 8] = b"TXPSCOR1";
 
@@ -25,6 +27,70 @@ pub(super) struct Key<'a> {
     pub database: &'a str,
     pub table_id: &'a str,
     pub history: &'a str,
+}
+
+/// Where and when a run writes its state.
+pub(super) struct Snapshots {
+    pub path: PathBuf,
+    pub location: String,
+    pub database: String,
+    pub table_id: String,
+    pub history_key: String,
+    pub every: Duration,
+    pub last: Instant,
+    /// The version of the state written last by this run.
+    pub version: Option<u64>,
+}
+
+impl Snapshots {
+    pub fn key(&self) -> Key<'_> {
+        Key {
+            location: &self.location,
+            database: &self.database,
+            table_id: &self.table_id,
+            history: &self.history_key,
+        }
+    }
+
+    /// The state file, if one fits this table and model (one that does not is said and left).
+    pub fn load(&self) -> Option<Loaded> {
+        match tokio::task::block_in_place(|| read(&self.path, &self.key())) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "not using the state file; reading the table instead");
+                None
+            }
+        }
+    }
+
+    /// Whether a state newer than the last written is due at `version`.
+    pub fn due(&self, version: Option<u64>) -> bool {
+        version.is_some_and(|v| self.version.is_none_or(|s| s < v)) && self.last.elapsed() >= self.every
+    }
+
+    /// Writes the state at `version` (every row up to it in the history); a failure is said
+    /// and the run goes on (the next start reads more of the table).
+    pub fn save(&mut self, version: u64, recent: &RecentIds, history: &History, report: &mut ScoreReport) {
+        let started = Instant::now();
+        let written =
+            tokio::task::block_in_place(|| write(&self.path, &self.key(), version, recent, history));
+        self.last = Instant::now();
+        match written {
+            Ok(bytes) => {
+                self.version = Some(version);
+                report.snapshots += 1;
+                tracing::info!(
+                    version,
+                    accounts = history.len(),
+                    mb = bytes >> 20,
+                    seconds = started.elapsed().as_secs_f64(),
+                    path = %self.path.display(),
+                    "state written"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, path = %self.path.display(), "writing the state failed"),
+        }
+    }
 }
 
 /// FNV-1a, 64 bits: the checksum of a file, and the name of a table's file.

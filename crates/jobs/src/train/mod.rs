@@ -10,10 +10,8 @@
 //! fitted. Feature statistics come from the fitted slice only; history features run over all
 //! rows in table order, as `score` computes them.
 
-pub mod batch;
 pub mod export;
 pub mod report;
-pub(crate) mod rows;
 
 use std::time::Instant;
 
@@ -28,7 +26,9 @@ use txpipe_core::model::{
 use txpipe_core::schema::Schema;
 
 use crate::models::ModelStore;
-use crate::{JobError, Result};
+use crate::predict::batch::{self, BatchReport, BatchScore};
+use crate::rows::Rows;
+use crate::{JobError, Result, Shutdown};
 
 /// `[train]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,7 +159,19 @@ pub struct TrainJob {
     pub features: FeatureConfig,
     pub model_dir: String,
     /// Score the history into ClickHouse after publishing.
-    pub batch: Option<batch::BatchScore>,
+    pub batch: Option<BatchScore>,
+    /// Called with each stage's name as it begins (for tests that stop a run mid-way).
+    pub on_stage: Option<StageHook>,
+}
+
+/// See [`TrainJob::on_stage`].
+#[derive(Clone)]
+pub struct StageHook(pub std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for StageHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StageHook")
+    }
 }
 
 /// What a train run did.
@@ -182,7 +194,7 @@ pub struct TrainReport {
     /// The published version's HTML report.
     pub report_path: Option<String>,
     /// What batch scoring wrote (with `--batch-score`).
-    pub batch: Option<batch::BatchReport>,
+    pub batch: Option<BatchReport>,
 }
 
 /// A run that cannot train: no model is published.
@@ -205,21 +217,95 @@ fn quantile(times: &[i64], q: f64) -> i64 {
     times[((times.len() as f64 * q) as usize).min(times.len() - 1)]
 }
 
-/// Trains, evaluates and (unless refused) publishes a model.
-pub async fn run(job: TrainJob) -> Result<TrainReport> {
+/// The stages of a run: a spinner naming the one under way (on a terminal only: indicatif
+/// draws nothing elsewhere), and the stop asked between two stages.
+struct Stages {
+    spinner: indicatif::ProgressBar,
+    shutdown: Shutdown,
+    hook: Option<StageHook>,
+}
+
+impl Stages {
+    /// Begins a stage, unless a stop was asked: then nothing more is done (nothing is
+    /// published when the stop comes before publishing).
+    fn begin(&self, stage: impl Into<String>) -> Result<()> {
+        let stage = stage.into();
+        if self.shutdown.is_triggered() {
+            tracing::info!(next = %stage, "train stopped as asked between two stages");
+            return Err(JobError::Stopped { at: format!("before {stage}") });
+        }
+        if let Some(StageHook(hook)) = &self.hook {
+            hook(&stage);
+        }
+        self.spinner.set_message(stage);
+        Ok(())
+    }
+}
+
+/// Trains, evaluates and (unless refused) publishes a model; with a batch configured, scores
+/// the history with it. A stop asked through `shutdown` ends the run between two stages
+/// ([`JobError::Stopped`]; batch scoring stops its retries of ClickHouse too).
+pub async fn run(job: TrainJob, shutdown: Shutdown) -> Result<TrainReport> {
     let spec = job.features.validate(&job.schema)?;
     let label = job.schema.label_index().ok_or_else(|| {
         refuse("the schema has no label field (`schema.label_field`): nothing to learn from")
     })?;
-    let settings = &job.settings;
-    let report = TrainReport::default();
-
     let started = Instant::now();
-    // A spinner naming the stage, on a terminal only (indicatif draws nothing elsewhere).
-    let progress =
-        indicatif::ProgressBar::new_spinner().with_message(format!("reading {}", job.tables.clean));
-    progress.enable_steady_tick(std::time::Duration::from_millis(150));
-    // Only the fields the features read, the id, the time and the label are decoded.
+    let stages = Stages {
+        spinner: indicatif::ProgressBar::new_spinner(),
+        shutdown: shutdown.clone(),
+        hook: job.on_stage.clone(),
+    };
+    stages.spinner.enable_steady_tick(std::time::Duration::from_millis(150));
+    let outcome = run_stages(job, spec, label, started, &stages).await;
+    stages.spinner.finish_and_clear();
+    outcome
+}
+
+async fn run_stages(
+    job: TrainJob,
+    spec: txpipe_core::features::FeatureSpec,
+    label: usize,
+    started: Instant,
+    stages: &Stages,
+) -> Result<TrainReport> {
+    stages.begin(format!("reading {}", job.tables.clean))?;
+    let projection = read(&job, &spec, label).await?;
+    // The rest is CPU work (and local files): on a blocking thread, not on the async runtime.
+    let (tables, schema, model_dir, batch) =
+        (job.tables.clone(), job.schema.clone(), job.model_dir.clone(), job.batch.clone());
+    let parallelism = job.settings.config.read_parallelism;
+    let worker = Stages {
+        spinner: stages.spinner.clone(),
+        shutdown: stages.shutdown.clone(),
+        hook: stages.hook.clone(),
+    };
+    let mut report =
+        tokio::task::spawn_blocking(move || train_on(job, spec, label, projection, started, &worker))
+            .await
+            .map_err(|e| JobError::Internal(format!("the training task: {e}")))??;
+    if let (Some(batch), Some(id)) = (batch, report.published.clone()) {
+        let scored = async {
+            stages.begin("batch scoring into ClickHouse")?;
+            let model = ModelStore::new(&model_dir).load(&id)?;
+            let version = Some(report.delta_version);
+            batch::score_history(&tables, &schema, &model, version, parallelism, &batch, &stages.shutdown)
+                .await
+        };
+        match scored.await {
+            Ok(b) => report.batch = Some(b),
+            Err(e) => return Err(JobError::BatchScore { published: id, source: Box::new(e) }),
+        }
+    }
+    Ok(report)
+}
+
+/// Reads the columns the features read, the id, the time and the label (Parquet projection).
+async fn read(
+    job: &TrainJob,
+    spec: &txpipe_core::features::FeatureSpec,
+    label: usize,
+) -> Result<delta::Projection> {
     let mut used = vec![job.schema.id_index(), job.schema.time_index(), label, spec.time];
     used.extend(spec.numeric.iter().chain(&spec.categorical).chain(&spec.boolean).copied());
     if let Some(h) = &spec.history {
@@ -234,54 +320,56 @@ pub async fn run(job: TrainJob) -> Result<TrainReport> {
         .map(|(_, f)| f.name.as_str())
         .collect();
     wanted.extend(["kafka_partition", "kafka_offset"]);
+    let c = &job.settings.config;
     let projection = delta::read_columns(
         &job.tables.clean,
         &job.tables.storage_options,
-        settings.config.version,
+        c.version,
         &wanted,
-        settings.config.read_parallelism,
+        c.read_parallelism,
     )
     .await?;
     let label_name = &job.schema.fields()[label].name;
     if projection.absent.contains(label_name) {
         return Err(refuse(format!("the table {} has no label column `{label_name}`", job.tables.clean)));
     }
-    // The rest is CPU work (and local files): on a blocking thread, not on the async runtime.
-    let (tables, schema, model_dir, batch) =
-        (job.tables.clone(), job.schema.clone(), job.model_dir.clone(), job.batch.clone());
-    let parallelism = settings.config.read_parallelism;
-    let stages = progress.clone();
-    let trained =
-        tokio::task::spawn_blocking(move || train_on(job, spec, label, projection, report, started, &stages))
-            .await
-            .map_err(|e| JobError::Internal(format!("the training task: {e}")));
-    let mut report = match trained {
-        Ok(Ok(report)) => report,
-        Ok(Err(e)) | Err(e) => {
-            progress.finish_and_clear();
-            return Err(e);
-        }
-    };
-    if report.batch.is_none() && batch.is_some() {
-        progress.set_message("batch scoring into ClickHouse");
-    }
-    if let (Some(batch), Some(id)) = (batch, report.published.clone()) {
-        let scored = async {
-            let model = ModelStore::new(&model_dir).load(&id)?;
-            batch::score_history(&tables, &schema, &model, Some(report.delta_version), parallelism, &batch)
-                .await
-        };
-        match scored.await {
-            Ok(b) => report.batch = Some(b),
-            Err(e) => {
-                progress.finish_and_clear();
-                return Err(JobError::BatchScore { published: id, source: Box::new(e) });
-            }
-        }
-    }
-    progress.finish_and_clear();
-    Ok(report)
+    Ok(projection)
 }
+
+/// Where the slices begin, by event time.
+struct Slicing {
+    validation_from: i64,
+    holdout_from: i64,
+    time_from: i64,
+    time_to: i64,
+}
+
+impl Slicing {
+    fn new(rows: &Rows, c: &TrainConfig) -> Slicing {
+        let mut times: Vec<i64> = rows.order.iter().map(|&r| rows.time_of(r)).collect();
+        times.sort_unstable();
+        Slicing {
+            holdout_from: quantile(&times, 1.0 - c.holdout_fraction),
+            validation_from: quantile(&times, 1.0 - c.holdout_fraction - c.validation_fraction),
+            time_from: times[0],
+            time_to: times[times.len() - 1],
+        }
+    }
+
+    /// 0 fitted, 1 validation, 2 held out.
+    fn of(&self, t: i64) -> usize {
+        if t >= self.holdout_from {
+            2
+        } else if t >= self.validation_from {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// A slice's feature matrix and labels.
+type Slice = (model::Matrix, Vec<u8>);
 
 /// Orders, featurises, fits, evaluates and publishes what was read.
 fn train_on(
@@ -289,16 +377,13 @@ fn train_on(
     spec: txpipe_core::features::FeatureSpec,
     label: usize,
     projection: delta::Projection,
-    mut report: TrainReport,
     started: Instant,
-    progress: &indicatif::ProgressBar,
+    stages: &Stages,
 ) -> Result<TrainReport> {
-    progress.set_message(format!(
-        "ordering {} rows",
-        projection.batches.iter().map(|b| b.num_rows()).sum::<usize>()
-    ));
-    let settings = &job.settings;
-    let mut rows = rows::Rows::new(&job.schema, &projection.batches, Some(label))?;
+    let mut report = TrainReport::default();
+    stages
+        .begin(format!("ordering {} rows", projection.batches.iter().map(|b| b.num_rows()).sum::<usize>()))?;
+    let mut rows = Rows::new(&job.schema, &projection.batches, Some(label))?;
     report.delta_version = projection.version;
     // The ids served to drop repeats; the batches are referenced by `rows` alone from here.
     drop(projection);
@@ -314,44 +399,111 @@ fn train_on(
     report.read_s = started.elapsed().as_secs_f64();
     stage_done("read", report.read_s);
 
-    // Slices by event time.
-    progress.set_message(format!("features of {} rows", rows.order.len()));
+    stages.begin(format!("features of {} rows", rows.order.len()))?;
     let started = Instant::now();
-    let mut times: Vec<i64> = rows.order.iter().map(|&r| rows.time_of(r)).collect();
-    times.sort_unstable();
-    let c = &settings.config;
-    let holdout_from = quantile(&times, 1.0 - c.holdout_fraction);
-    let validation_from = quantile(&times, 1.0 - c.holdout_fraction - c.validation_fraction);
-    let (time_from, time_to) = (times[0], times[times.len() - 1]);
-    drop(times);
+    let slicing = Slicing::new(&rows, &job.settings.config);
+    let (fitted, names, slices) = featurise(&job.schema, &spec, rows, &slicing)?;
+    report.features_s = started.elapsed().as_secs_f64();
+    stage_done("features", report.features_s);
+    check_slices(&slices, job.settings.config.min_positives)?;
 
-    // Feature statistics from the fitted slice, then every row's features in table order.
+    stages.begin(format!("fitting on {} rows", slices[0].1.len()))?;
+    let started = Instant::now();
+    let [train, validation, holdout] = slices;
+    if let Some(path) = &job.settings.config.export_features {
+        stages.begin(format!("writing the features to {path}"))?;
+        let slices =
+            [(&train.0, &train.1[..]), (&validation.0, &validation.1[..]), (&holdout.0, &holdout.1[..])];
+        export::write(std::path::Path::new(path), &names, slices)?;
+        tracing::info!(path, "feature matrix written");
+    }
+    let lr = model::fit(&train.0, &train.1, &job.settings.fit).map_err(|e| refuse(e.to_string()))?;
+    report.fit_s = started.elapsed().as_secs_f64();
+    stage_done("fit", report.fit_s);
+
+    stages.begin("evaluating")?;
+    let started = Instant::now();
+    let pv = lr.probabilities(&validation.0);
+    let chosen = model::choose_threshold(&pv, &validation.1, job.settings.target);
+    let ph = lr.probabilities(&holdout.0);
+    let metrics = Metrics {
+        train: model::evaluate(&lr.probabilities(&train.0), &train.1, chosen.threshold),
+        validation: model::evaluate(&pv, &validation.1, chosen.threshold),
+        holdout: model::evaluate(&ph, &holdout.1, chosen.threshold),
+    };
+    report.evaluate_s = started.elapsed().as_secs_f64();
+    stage_done("evaluate", report.evaluate_s);
+    report.holdout_auc = metrics.holdout.auc_roc;
+    report.holdout_auc_pr = metrics.holdout.auc_pr;
+    report.threshold = chosen.threshold;
+    let store = ModelStore::new(&job.model_dir);
+    gate(&store, &job.settings.config, metrics.holdout.auc_roc)?;
+
+    stages.begin("publishing")?;
+    let started = Instant::now();
+    let artifact = |id: &str| ModelArtifact {
+        format: model::artifact::FORMAT,
+        version: id.to_string(),
+        created_at: chrono::Utc::now().to_rfc3339(),
+        lineage: Lineage {
+            table: job.tables.clean.clone(),
+            delta_version: report.delta_version,
+            rows_read: report.rows_read,
+            rows_used: report.rows_used,
+            time_from_us: slicing.time_from,
+            time_to_us: slicing.time_to,
+            validation_from_us: slicing.validation_from,
+            holdout_from_us: slicing.holdout_from,
+        },
+        schema: job.schema.to_config(),
+        features: fitted.clone(),
+        model: lr.clone(),
+        threshold: chosen.threshold,
+        hyper_parameters: HyperParameters {
+            fit: job.settings.fit,
+            threshold_target: job.settings.target,
+            holdout_fraction: job.settings.config.holdout_fraction,
+            validation_fraction: job.settings.config.validation_fraction,
+        },
+        metrics: metrics.clone(),
+    };
+    let (id, dir) = store.publish(artifact, |model, dir| {
+        let page = report::render(model, &ph, &holdout.1)?;
+        let path = dir.join(report::REPORT_FILE);
+        std::fs::write(&path, page).map_err(|e| JobError::io(&path, e))
+    })?;
+    report.report_path = Some(dir.join(report::REPORT_FILE).display().to_string());
+    report.publish_s = started.elapsed().as_secs_f64();
+    stage_done("publish", report.publish_s);
+    tracing::info!(version = %id, dir = %dir.display(), auc = metrics.holdout.auc_roc, "model published");
+    report.published = Some(id);
+    Ok(report)
+}
+
+/// Feature statistics from the fitted slice, then every row's features in table order, each
+/// labelled row straight into the matrix of its slice (no matrix of every row to copy the
+/// slices out of: that would hold the features twice).
+fn featurise(
+    schema: &Schema,
+    spec: &txpipe_core::features::FeatureSpec,
+    rows: Rows,
+    slicing: &Slicing,
+) -> Result<(txpipe_core::features::FittedFeatures, Vec<String>, [Slice; 3])> {
     let mut values = Vec::new();
-    let mut fitter = spec.fitter(&job.schema);
+    let mut fitter = spec.fitter(schema);
     for &r in &rows.order {
-        if rows.time_of(r) < validation_from {
+        if rows.time_of(r) < slicing.validation_from {
             rows.values_into(r, &mut values);
             fitter.add(&values);
         }
     }
     let fitted = fitter.finish();
-    let features = fitted.bind(&job.schema)?;
+    let features = fitted.bind(schema)?;
     let width = features.width();
-    // Each labelled row goes straight into the columns of its slice (no matrix of every row
-    // to copy the slices out of: that would hold the features twice).
-    let slice_of = |t: i64| {
-        if t >= holdout_from {
-            2
-        } else if t >= validation_from {
-            1
-        } else {
-            0
-        }
-    };
     let mut sizes = [0usize; 3];
     for &r in &rows.order {
         if rows.label_of(r).is_some() {
-            sizes[slice_of(rows.time_of(r))] += 1;
+            sizes[slicing.of(rows.time_of(r))] += 1;
         }
     }
     // A categorical feature's one-hot columns are kept as one code per row (see `Matrix`).
@@ -364,17 +516,19 @@ fn train_on(
         rows.values_into(r, &mut values);
         features.row(&values, &mut history, &mut out);
         if let Some(y) = rows.label_of(r) {
-            let (matrix, labels) = &mut slices[slice_of(rows.time_of(r))];
+            let (matrix, labels) = &mut slices[slicing.of(rows.time_of(r))];
             matrix.push(&out);
             labels.push(u8::from(y));
         }
     }
-    drop(history);
-    drop(rows);
-    report.features_s = started.elapsed().as_secs_f64();
-    stage_done("features", report.features_s);
-    let names = ["fitted", "validation", "held-out"];
-    for (name, (_, y)) in names.iter().zip(&slices) {
+    let names = features.names().to_vec();
+    Ok((fitted, names, slices.map(|(matrix, y)| (matrix.finish(), y))))
+}
+
+/// Refuses slices that cannot fit or check a model: without labels, with one class, or with
+/// fewer fitted positives than `min_positives`.
+fn check_slices(slices: &[Slice; 3], min_positives: u64) -> Result<()> {
+    for (name, (_, y)) in ["fitted", "validation", "held-out"].iter().zip(slices) {
         let positives = y.iter().filter(|&&v| v == 1).count();
         if y.is_empty() {
             return Err(refuse(format!(
@@ -389,47 +543,18 @@ fn train_on(
         }
     }
     let fitted_positives = slices[0].1.iter().filter(|&&v| v == 1).count() as u64;
-    if fitted_positives < c.min_positives {
+    if fitted_positives < min_positives {
         return Err(refuse(format!(
-            "{fitted_positives} positives among the fitted rows, fewer than train.min_positives = {}",
-            c.min_positives
+            "{fitted_positives} positives among the fitted rows, fewer than train.min_positives = {min_positives}"
         )));
     }
+    Ok(())
+}
 
-    progress.set_message(format!("fitting on {} rows", slices[0].1.len()));
-    let started = Instant::now();
-    let [train, validation, holdout] = slices.map(|(matrix, y)| (matrix.finish(), y));
-    if let Some(path) = &c.export_features {
-        progress.set_message(format!("writing the features to {path}"));
-        let slices =
-            [(&train.0, &train.1[..]), (&validation.0, &validation.1[..]), (&holdout.0, &holdout.1[..])];
-        export::write(std::path::Path::new(path), features.names(), slices)?;
-        tracing::info!(path, "feature matrix written");
-    }
-    let lr = model::fit(&train.0, &train.1, &settings.fit).map_err(|e| refuse(e.to_string()))?;
-    report.fit_s = started.elapsed().as_secs_f64();
-    stage_done("fit", report.fit_s);
-
-    let started = Instant::now();
-    progress.set_message("evaluating");
-    let pv = lr.probabilities(&validation.0);
-    let chosen = model::choose_threshold(&pv, &validation.1, settings.target);
-    let ph = lr.probabilities(&holdout.0);
-    let metrics = Metrics {
-        train: model::evaluate(&lr.probabilities(&train.0), &train.1, chosen.threshold),
-        validation: model::evaluate(&pv, &validation.1, chosen.threshold),
-        holdout: model::evaluate(&ph, &holdout.1, chosen.threshold),
-    };
-    report.evaluate_s = started.elapsed().as_secs_f64();
-    stage_done("evaluate", report.evaluate_s);
-    report.holdout_auc = metrics.holdout.auc_roc;
-    report.holdout_auc_pr = metrics.holdout.auc_pr;
-    report.threshold = chosen.threshold;
-
-    // The gate.
-    let store = ModelStore::new(&job.model_dir);
+/// The quality gate: a held-out AUC under the floor, or worse than the current model's by more
+/// than the allowed drop, is refused unless forced.
+fn gate(store: &ModelStore, c: &TrainConfig, auc: f64) -> Result<()> {
     let current = store.current().ok().flatten();
-    let auc = metrics.holdout.auc_roc;
     let refusal = if auc < c.auc_floor {
         Some(format!("held-out AUC {auc:.4} is under train.auc_floor = {}", c.auc_floor))
     } else {
@@ -446,43 +571,5 @@ fn train_on(
         }
         tracing::warn!(%why, "publishing anyway (forced)");
     }
-    progress.set_message("publishing");
-    let started = Instant::now();
-    let artifact = |id: &str| ModelArtifact {
-        format: model::artifact::FORMAT,
-        version: id.to_string(),
-        created_at: chrono::Utc::now().to_rfc3339(),
-        lineage: Lineage {
-            table: job.tables.clean.clone(),
-            delta_version: report.delta_version,
-            rows_read: report.rows_read,
-            rows_used: report.rows_used,
-            time_from_us: time_from,
-            time_to_us: time_to,
-            validation_from_us: validation_from,
-            holdout_from_us: holdout_from,
-        },
-        schema: job.schema.to_config(),
-        features: fitted.clone(),
-        model: lr.clone(),
-        threshold: chosen.threshold,
-        hyper_parameters: HyperParameters {
-            fit: settings.fit,
-            threshold_target: settings.target,
-            holdout_fraction: c.holdout_fraction,
-            validation_fraction: c.validation_fraction,
-        },
-        metrics: metrics.clone(),
-    };
-    let (id, dir) = store.publish(artifact, |model, dir| {
-        let page = report::render(model, &ph, &holdout.1)?;
-        let path = dir.join(report::REPORT_FILE);
-        std::fs::write(&path, page).map_err(|e| JobError::io(&path, e))
-    })?;
-    report.report_path = Some(dir.join(report::REPORT_FILE).display().to_string());
-    report.publish_s = started.elapsed().as_secs_f64();
-    stage_done("publish", report.publish_s);
-    tracing::info!(version = %id, dir = %dir.display(), auc, "model published");
-    report.published = Some(id);
-    Ok(report)
+    Ok(())
 }

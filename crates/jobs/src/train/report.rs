@@ -17,7 +17,7 @@ const BLUE: RGBColor = RGBColor(31, 119, 180);
 const ORANGE: RGBColor = RGBColor(255, 127, 14);
 
 fn plot_err(e: impl std::fmt::Display) -> JobError {
-    JobError::Internal(format!("drawing the report: {e}"))
+    JobError::data("drawing the training report", e)
 }
 
 /// A curve's points.

@@ -1,5 +1,6 @@
-//! The training rows: Arrow columns of the table → events as schema-ordered values, in the
-//! order the table holds them, each transaction id once.
+//! The clean table's rows, as train, batch scoring and score read them: Arrow columns of the
+//! table → events as schema-ordered values, in the order the table holds them, each
+//! transaction id once.
 //!
 //! Order: by Kafka partition, then offset, when the table has those columns (an account's
 //! events share a partition, so this is the order they arrived in, the one `score` sees);
@@ -30,7 +31,7 @@ enum Column {
 }
 
 /// The columns of the schema's fields, batch by batch, and the row order.
-pub(crate) struct Rows {
+pub struct Rows {
     columns: Vec<Vec<Column>>,
     /// (batch, row) of each row used, in table order.
     pub order: Vec<(u32, u32)>,
@@ -40,7 +41,7 @@ pub(crate) struct Rows {
 }
 
 fn typed(field: &str, kind: FieldType, column: &ArrayRef) -> Result<Column> {
-    let bad = |e: String| JobError::Internal(format!("column `{field}`: {e}"));
+    let bad = |e: String| JobError::data(format!("column `{field}`"), e);
     let to = |t: &DataType| cast(column, t).map_err(|e| bad(e.to_string()));
     if column.data_type() == &DataType::Null {
         return Ok(Column::Absent);
@@ -77,8 +78,9 @@ impl Rows {
             have_positions &= partition.is_some() && offset.is_some();
             columns.push(typed_columns);
             if let (Some(p), Some(o)) = (partition, offset) {
-                let p = cast(p, &DataType::Int32).map_err(|e| JobError::Internal(e.to_string()))?;
-                let o = cast(o, &DataType::Int64).map_err(|e| JobError::Internal(e.to_string()))?;
+                let p =
+                    cast(p, &DataType::Int32).map_err(|e| JobError::data("column `kafka_partition`", e))?;
+                let o = cast(o, &DataType::Int64).map_err(|e| JobError::data("column `kafka_offset`", e))?;
                 let (p, o) = (
                     p.as_primitive::<Int32Type>(),
                     o.as_primitive::<txpipe_connectors::delta::arrow::datatypes::Int64Type>(),

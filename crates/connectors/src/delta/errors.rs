@@ -1,0 +1,58 @@
+//! What can go wrong with a Delta table, each error saying whether a retry can help.
+
+use deltalake::DeltaTableError;
+use deltalake::kernel::transaction::TransactionError;
+
+/// What can go wrong with a table.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("delta table {location}: opening or creating failed: {source}")]
+    Open { location: String, source: Box<DeltaTableError> },
+    #[error("delta table {location}: its columns {found} do not match txpipe's {expected}")]
+    Layout { location: String, found: String, expected: String },
+    #[error("delta table {location}: writing data files failed: {source}")]
+    Write { location: String, source: Box<DeltaTableError> },
+    /// Another writer committed positions for the same partitions since our snapshot.
+    #[error("delta table {location}: another writer moved the positions of these partitions")]
+    Conflict { location: String },
+    #[error("delta table {location}: commit failed after version {version:?}: {source}")]
+    Commit { location: String, version: Option<u64>, source: Box<DeltaTableError> },
+    #[error("delta table {location}: reading the log failed: {source}")]
+    Read { location: String, source: Box<DeltaTableError> },
+    #[error("delta table {location}: {operation} failed: {source}")]
+    Maintenance { location: String, operation: &'static str, source: Box<DeltaTableError> },
+    /// A log entry or a data file of a commit not read yet was removed (log clean-up, vacuum).
+    #[error("delta table {location}: {detail}")]
+    Gone { location: String, detail: String },
+}
+
+impl DeltaError {
+    /// A commit that failed because the store gave an I/O error (retryable).
+    pub fn commit_io(location: &str, source: std::io::Error) -> DeltaError {
+        DeltaError::Commit {
+            location: location.to_string(),
+            version: None,
+            source: Box::new(DeltaTableError::Io { source }),
+        }
+    }
+
+    /// Whether trying again can succeed (storage hiccups), as opposed to a conflict or a bad
+    /// table.
+    pub fn retryable(&self) -> bool {
+        match self {
+            DeltaError::Open { source, .. }
+            | DeltaError::Write { source, .. }
+            | DeltaError::Commit { source, .. }
+            | DeltaError::Read { source, .. }
+            | DeltaError::Maintenance { source, .. } => matches!(
+                **source,
+                DeltaTableError::ObjectStore { .. }
+                    | DeltaTableError::Io { .. }
+                    | DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(_) }
+            ),
+            DeltaError::Conflict { .. } | DeltaError::Layout { .. } | DeltaError::Gone { .. } => false,
+        }
+    }
+}
+
+pub type Result<T, E = DeltaError> = std::result::Result<T, E>;

@@ -1,0 +1,130 @@
+//! `[score]`: the settings as the config file and flags give them, and validated into
+//! [`ScoreSettings`] before anything connects.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use txpipe_core::Error as ConfigError;
+use txpipe_core::units::parse_duration_us;
+
+/// `[score]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoreConfig {
+    /// Where a score with no recorded progress starts: `earliest` (score the whole table),
+    /// `latest` (only commits from now on) or a Delta version number (commits from it on).
+    pub start: String,
+    /// How often the table's log is polled for new commits.
+    pub poll_interval: String,
+    /// Data files read per micro-batch at most.
+    pub max_files: usize,
+    /// Rows per micro-batch at most, as the files' statistics count them (whole commits: a
+    /// single commit with more is still one micro-batch).
+    pub max_rows: u64,
+    /// The longest a scored row waits for its insert (rows go sooner once
+    /// `clickhouse.insert_rows` are waiting).
+    pub flush_latency: String,
+    /// How often the model directory is checked for a new model.
+    pub model_poll_interval: String,
+    /// Files read at once when restoring the history at start.
+    pub read_parallelism: usize,
+    /// Where score keeps its state (the account history at a version, so a start reads only
+    /// the commits after it); "" keeps none.
+    pub state_dir: String,
+    /// How often the state is written while running (also at a clean stop).
+    pub snapshot_interval: String,
+    /// Stop after this many seconds without new commits (absent: run until stopped).
+    pub exit_when_idle: Option<f64>,
+    /// Log the counters at this interval.
+    pub stats_interval: String,
+}
+
+impl Default for ScoreConfig {
+    fn default() -> Self {
+        ScoreConfig {
+            start: "earliest".into(),
+            poll_interval: "50ms".into(),
+            max_files: 64,
+            max_rows: 100_000,
+            flush_latency: "100ms".into(),
+            model_poll_interval: "1s".into(),
+            read_parallelism: 4,
+            state_dir: "state/score".into(),
+            snapshot_interval: "5m".into(),
+            exit_when_idle: None,
+            stats_interval: "10s".into(),
+        }
+    }
+}
+
+/// Where a score with no recorded progress starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Start {
+    Earliest,
+    Latest,
+    Version(u64),
+}
+
+/// Validated score settings.
+#[derive(Debug, Clone)]
+pub struct ScoreSettings {
+    pub start: Start,
+    pub poll: Duration,
+    pub max_files: usize,
+    pub max_rows: u64,
+    pub flush: Duration,
+    pub model_poll: Duration,
+    pub read_parallelism: usize,
+    pub state_dir: Option<std::path::PathBuf>,
+    pub snapshot_every: Duration,
+    pub exit_when_idle: Option<Duration>,
+    pub stats: Duration,
+}
+
+fn duration(key: &str, text: &str) -> std::result::Result<Duration, ConfigError> {
+    parse_duration_us(text)
+        .filter(|&us| us > 0)
+        .map(|us| Duration::from_micros(us as u64))
+        .ok_or_else(|| ConfigError::config(key, text, "a positive duration such as 50ms, 1s or 2m"))
+}
+
+impl ScoreConfig {
+    pub fn validate(&self) -> std::result::Result<ScoreSettings, ConfigError> {
+        let start = match self.start.trim() {
+            "earliest" => Start::Earliest,
+            "latest" => Start::Latest,
+            v => Start::Version(v.parse().map_err(|_| {
+                ConfigError::config("score.start", &self.start, "earliest, latest or a Delta version number")
+            })?),
+        };
+        if self.max_files == 0 {
+            return Err(ConfigError::config("score.max_files", 0, "at least 1"));
+        }
+        if self.max_rows == 0 {
+            return Err(ConfigError::config("score.max_rows", 0, "at least 1"));
+        }
+        if self.read_parallelism == 0 {
+            return Err(ConfigError::config("score.read_parallelism", 0, "at least 1"));
+        }
+        let exit_when_idle = match self.exit_when_idle {
+            None => None,
+            Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+            Some(s) => {
+                return Err(ConfigError::config("score.exit_when_idle", s, "a positive number of seconds"));
+            }
+        };
+        Ok(ScoreSettings {
+            start,
+            poll: duration("score.poll_interval", &self.poll_interval)?,
+            max_files: self.max_files,
+            max_rows: self.max_rows,
+            flush: duration("score.flush_latency", &self.flush_latency)?,
+            model_poll: duration("score.model_poll_interval", &self.model_poll_interval)?,
+            read_parallelism: self.read_parallelism,
+            state_dir: (!self.state_dir.trim().is_empty()).then(|| self.state_dir.trim().into()),
+            snapshot_every: duration("score.snapshot_interval", &self.snapshot_interval)?,
+            exit_when_idle,
+            stats: duration("score.stats_interval", &self.stats_interval)?,
+        })
+    }
+}

@@ -1,0 +1,191 @@
+//! Where scored rows go, and the one rule of score's delivery: ClickHouse acknowledges the rows
+//! of a version, then that version is recorded as score's progress — never the other way
+//! round. A crash in between replays rows already there (the tables are ReplacingMergeTree
+//! keyed by id and the view groups by it, so a replay never shows twice).
+//!
+//! One insert is in flight while the next rows are scored: [`Sink::flush`] waits for the
+//! insert before it (and its progress record), then sends the new one on a task of its own.
+//! Retries of ClickHouse give up once a stop is asked (the rows not written are scored again
+//! at the next start, as the progress did not move).
+
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use txpipe_connectors::clickhouse::{ClickHouseError, PredictionRows, Serving, Target};
+use txpipe_connectors::retry::Backoff;
+
+use super::report::{Latency, ScoreReport};
+use crate::{JobError, Result, Shutdown};
+
+/// Rows scored and waiting for their insert, and the version they complete.
+pub(super) struct Pending {
+    pub rows: PredictionRows,
+    /// The rows' event times (UTC µs), for the latency.
+    pub times: Vec<i64>,
+    pub complete_through: Option<u64>,
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            rows: PredictionRows::new(Target::Realtime),
+            times: Vec::new(),
+            complete_through: None,
+            since: None,
+        }
+    }
+
+    /// Notes that rows are being added (the flush latency counts from the first).
+    pub fn touch(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+}
+
+/// What an insert (and its progress record) did, once acknowledged.
+struct Acked {
+    rows: u64,
+    times: Vec<i64>,
+    at_us: i64,
+    progress: Option<u64>,
+}
+
+pub(super) struct Sink {
+    serving: Serving,
+    backoff: Backoff,
+    shutdown: Shutdown,
+    location: String,
+    insert_rows: usize,
+    flush_latency: Duration,
+    pending: Pending,
+    in_flight: Option<JoinHandle<Result<Acked>>>,
+    latency: Latency,
+}
+
+impl Sink {
+    pub(super) fn new(
+        serving: Serving,
+        backoff: Backoff,
+        shutdown: Shutdown,
+        location: String,
+        insert_rows: usize,
+        flush_latency: Duration,
+    ) -> Sink {
+        Sink {
+            serving,
+            backoff,
+            shutdown,
+            location,
+            insert_rows,
+            flush_latency,
+            pending: Pending::new(),
+            in_flight: None,
+            latency: Latency::new(),
+        }
+    }
+
+    pub(super) fn pending(&mut self) -> &mut Pending {
+        &mut self.pending
+    }
+
+    /// Drops the rows waiting (they are scored again); how many.
+    pub(super) fn discard(&mut self) -> usize {
+        let n = self.pending.rows.len();
+        self.pending = Pending::new();
+        n
+    }
+
+    /// Whether the rows waiting should go: the flush latency passed, or enough rows wait.
+    pub(super) fn due(&self) -> bool {
+        self.pending.since.is_some_and(|t| t.elapsed() >= self.flush_latency)
+            || self.pending.rows.len() >= self.insert_rows
+    }
+
+    /// Sends what is pending (after the insert in flight is acknowledged); the version it
+    /// completes is recorded once it is acknowledged in turn.
+    pub(super) async fn flush(&mut self, report: &mut ScoreReport) -> Result<()> {
+        let pending = std::mem::replace(&mut self.pending, Pending::new());
+        self.send(pending.rows, pending.times, pending.complete_through, report).await
+    }
+
+    /// Sends a chunk of rows that completes no version (scoring the table whole).
+    pub(super) async fn send_rows(&mut self, rows: PredictionRows, report: &mut ScoreReport) -> Result<()> {
+        self.send(rows, Vec::new(), None, report).await
+    }
+
+    async fn send(
+        &mut self,
+        rows: PredictionRows,
+        times: Vec<i64>,
+        progress: Option<u64>,
+        report: &mut ScoreReport,
+    ) -> Result<()> {
+        self.settle(report).await?;
+        let progress = progress.filter(|&v| report.complete_through != Some(v));
+        if rows.is_empty() && progress.is_none() {
+            return Ok(());
+        }
+        let (serving, backoff, shutdown) = (self.serving.clone(), self.backoff, self.shutdown.clone());
+        let location = self.location.clone();
+        self.in_flight = Some(tokio::spawn(async move {
+            let go = || !shutdown.is_triggered();
+            let retryable = ClickHouseError::retryable;
+            if !rows.is_empty() {
+                let started = Instant::now();
+                backoff.retry_while("inserting predictions", retryable, go, || serving.insert(&rows)).await?;
+                metrics::histogram!("txpipe_score_insert_seconds").record(started.elapsed().as_secs_f64());
+            }
+            let at_us = chrono::Utc::now().timestamp_micros();
+            if let Some(v) = progress {
+                backoff
+                    .retry_while("recording progress", retryable, go, || {
+                        serving.record_progress(&location, v)
+                    })
+                    .await?;
+            }
+            Ok(Acked { rows: rows.len() as u64, times, at_us, progress })
+        }));
+        Ok(())
+    }
+
+    /// Waits for the insert in flight, if any, and counts it.
+    pub(super) async fn settle(&mut self, report: &mut ScoreReport) -> Result<()> {
+        let Some(task) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let acked = task.await.map_err(|e| JobError::Internal(format!("the insert task: {e}")))??;
+        if acked.rows > 0 {
+            metrics::counter!("txpipe_score_rows_written_total").increment(acked.rows);
+            report.written += acked.rows;
+            report.inserts += 1;
+        }
+        for &t in &acked.times {
+            let seconds = (acked.at_us - t) as f64 / 1e6;
+            self.latency.add(seconds);
+            if seconds < 60.0 {
+                metrics::histogram!("txpipe_score_end_to_end_seconds").record(seconds);
+            }
+        }
+        if let Some(v) = acked.progress {
+            report.complete_through = Some(v);
+            metrics::gauge!("txpipe_score_complete_through_version").set(v as f64);
+        }
+        Ok(())
+    }
+
+    /// Records `version` as complete once everything sent before is acknowledged.
+    pub(super) async fn record(&mut self, version: u64, report: &mut ScoreReport) -> Result<()> {
+        self.send(PredictionRows::new(Target::Realtime), Vec::new(), Some(version), report).await?;
+        self.settle(report).await
+    }
+
+    /// Sends what is pending and waits for every acknowledgement; the latency into the report.
+    pub(super) async fn finish(&mut self, report: &mut ScoreReport) -> Result<()> {
+        self.flush(report).await?;
+        self.settle(report).await?;
+        report.latency_p50_s = self.latency.quantile(0.5);
+        report.latency_p99_s = self.latency.quantile(0.99);
+        report.latency_over_60s = self.latency.over;
+        Ok(())
+    }
+}

@@ -1,0 +1,208 @@
+//! The stream: new commits of the table → the current model → the sink, until a stop (or idle
+//! with `exit_when_idle`).
+//!
+//! Each turn: look for a new model (used from the next micro-batch), poll the log for the next
+//! micro-batch, score it off the async runtime, and hand the rows to the sink when its flush is
+//! due (one insert in flight while the next micro-batch is read and scored). While catching up
+//! from the log, a commit that turns out unreadable (its file vacuumed after a compaction) makes
+//! the run score the table whole instead.
+
+use std::time::Instant;
+
+use txpipe_connectors::delta::{DeltaError, TableTail, TailBatch};
+
+use super::model_watch::ModelWatch;
+use super::report::ScoreReport;
+use super::restore::{self, State};
+use super::sink::Sink;
+use super::snapshot::Snapshots;
+use super::start::HandedOut;
+use super::{Run, sleep_or_shutdown};
+use crate::predict::{Stamp, Take, predict};
+use crate::rows::Rows;
+use crate::{JobError, Result};
+
+pub(super) struct Stream<'r, 'a> {
+    pub run: &'r Run<'a>,
+    pub tail: TableTail,
+    pub sink: Sink,
+    pub watch: ModelWatch,
+    pub state: State,
+    pub snapshots: Option<Snapshots>,
+    /// While catching up from the log: the commits to hand out before the fallback ends.
+    pub catch_up: Option<HandedOut>,
+}
+
+impl Stream<'_, '_> {
+    /// Runs until a stop or idle; then sends what is pending and writes the state.
+    pub async fn run(mut self, report: &mut ScoreReport) -> Result<()> {
+        let settings = &self.run.job.settings;
+        // Since when polls have found nothing new (time spent inserting does not count).
+        let mut idle_since = Some(Instant::now());
+        let mut stats_at = Instant::now();
+        while !self.run.shutdown.is_triggered() {
+            self.check_model(report);
+            let Some(polled) = self.poll(report).await? else { continue };
+            let got = polled.is_some();
+            if let Some(batch) = polled {
+                idle_since = None;
+                self.score(batch, report)?;
+            }
+            if self.sink.due() {
+                self.sink.flush(report).await?;
+                self.snapshot_if_due(report).await?;
+                // A flush can wait long (ClickHouse away): look at the log again before calling
+                // the stream idle.
+                if idle_since.is_some() {
+                    idle_since = Some(Instant::now());
+                }
+            }
+            if stats_at.elapsed() >= settings.stats {
+                stats_at = Instant::now();
+                tracing::info!(
+                    scored = report.scored,
+                    written = report.written,
+                    inserts = report.inserts,
+                    complete_through = ?report.complete_through,
+                    next_version = self.tail.next_version(),
+                    model = %self.watch.id(),
+                    "score"
+                );
+            }
+            if !got && idle_since.is_none() {
+                idle_since = Some(Instant::now());
+            }
+            if let Some(idle) = settings.exit_when_idle
+                && idle_since.is_some_and(|t| t.elapsed() >= idle)
+                && self.sink.pending().rows.is_empty()
+            {
+                tracing::info!(idle_s = idle.as_secs_f64(), "no new commits; stopping");
+                break;
+            }
+            if !got {
+                sleep_or_shutdown(settings.poll, self.run.shutdown).await;
+            }
+        }
+        self.sink.finish(report).await?;
+        if let Some(snaps) = &mut self.snapshots
+            && let Some(v) = report.complete_through
+            && snaps.version.is_none_or(|s| s < v)
+        {
+            snaps.save(v, &self.state.recent, &self.state.history, report);
+        }
+        Ok(())
+    }
+
+    /// A new model from the next micro-batch on; a model whose history differs stops the
+    /// state file (a restart builds the history it needs).
+    fn check_model(&mut self, report: &mut ScoreReport) {
+        let schema = &self.run.job.schema;
+        if !self.watch.check(schema, self.run.job.settings.model_poll) {
+            return;
+        }
+        report.models.push(self.watch.id().to_string());
+        let key = self.watch.scorer().history_key(schema);
+        if self.snapshots.as_ref().is_some_and(|s| s.history_key != key) {
+            tracing::info!(
+                "the new model's history reads other fields or another window: no state file is written until \
+                 a restart builds its history"
+            );
+            self.snapshots = None;
+        }
+    }
+
+    /// The next micro-batch (Some(None): nothing new); None when the catch-up fell back to
+    /// scoring the table whole (the turn starts again).
+    async fn poll(&mut self, report: &mut ScoreReport) -> Result<Option<Option<TailBatch>>> {
+        let batch = match self.tail.poll().await {
+            Ok(b) => b,
+            Err(e @ DeltaError::Gone { .. }) if self.catch_up.is_some() => {
+                tracing::warn!(
+                    error = %e,
+                    "the table's early commits cannot all be read one by one any more; scoring the table as it \
+                     is now instead (rows already written are replaced, not repeated)"
+                );
+                report.scored -= self.sink.discard() as u64;
+                let table = self
+                    .tail
+                    .load_newest()
+                    .await?
+                    .ok_or_else(|| JobError::data(self.run.location.clone(), "the table is gone"))?;
+                let scorer = self.watch.scorer().clone();
+                self.state = restore::score_whole_table(
+                    self.run,
+                    &mut self.sink,
+                    &mut self.tail,
+                    table,
+                    &scorer,
+                    report,
+                )
+                .await?;
+                self.catch_up = None;
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Caught up once the commits up to the start's newest version are handed out.
+        if let Some(until) = &mut self.catch_up
+            && until.batch(batch.as_ref().and_then(|b| b.complete_through))
+        {
+            self.catch_up = None;
+        }
+        Ok(Some(batch))
+    }
+
+    /// Scores a micro-batch into the sink's pending rows, off the async runtime.
+    fn score(&mut self, batch: TailBatch, report: &mut ScoreReport) -> Result<()> {
+        report.micro_batches += 1;
+        report.largest_micro_batch = report.largest_micro_batch.max(batch.rows as u64);
+        let (layout, state) = (&self.run.layout, &mut self.state);
+        let scorer = self.watch.scorer_mut();
+        let pending = self.sink.pending();
+        pending.touch();
+        let counts = tokio::task::block_in_place(|| -> Result<_> {
+            let rows = Rows::new(&layout.schema, &batch.batches, None)?;
+            let recent = &mut state.recent;
+            let take = |id: &str, _| if recent.first(id) { Take::Score } else { Take::Skip };
+            let times = &mut pending.times;
+            let note = |_: &mut _, t| {
+                times.push(t);
+                true
+            };
+            Ok(predict(
+                layout,
+                scorer,
+                &mut state.history,
+                &rows,
+                Stamp::now(),
+                &mut pending.rows,
+                take,
+                note,
+            ))
+        })?;
+        if batch.complete_through.is_some() {
+            pending.complete_through = batch.complete_through;
+        }
+        report.scored += counts.scored;
+        report.repeats += counts.skipped;
+        metrics::counter!("txpipe_score_rows_scored_total").increment(counts.scored);
+        Ok(())
+    }
+
+    /// Writes the state when due, once every row scored so far is acknowledged (the state of a
+    /// version must hold the rows of that version and no later one).
+    async fn snapshot_if_due(&mut self, report: &mut ScoreReport) -> Result<()> {
+        let Some(snaps) = &mut self.snapshots else { return Ok(()) };
+        if snaps.last.elapsed() < snaps.every {
+            return Ok(());
+        }
+        self.sink.settle(report).await?;
+        if let Some(v) = report.complete_through
+            && self.sink.pending().rows.is_empty()
+            && snaps.due(Some(v))
+        {
+            snaps.save(v, &self.state.recent, &self.state.history, report);
+        }
+        Ok(())
+    }
+}
