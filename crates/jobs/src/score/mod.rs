@@ -199,13 +199,20 @@ async fn run_into(job: &ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport)
             return Ok(());
         }
     };
+    // What the table allows matters only to a catch-up from the start; the state file only to a
+    // start that restores the history.
+    let catching_up = progress.is_none() && job.settings.start == Start::Earliest;
     let table_state = TableState {
         newest: table.version().unwrap_or(0),
-        log_from_zero: txpipe_connectors::delta::has_columns(&table, &["kafka_partition", "kafka_offset"])?
+        log_from_zero: catching_up
+            && txpipe_connectors::delta::has_columns(&table, &["kafka_partition", "kafka_offset"])?
             && tail.log_starts_at_zero().await?,
     };
     let mut snapshots = snapshots(&run, &table, &watch)?;
-    let state_file = snapshots.as_ref().and_then(Snapshots::load);
+    let state_file = match start::restores(progress, job.settings.start) {
+        true => snapshots.as_ref().and_then(Snapshots::load),
+        false => None,
+    };
     let plan = start::plan(progress, job.settings.start, table_state, state_file.as_ref().map(|l| l.version));
     tracing::info!(?plan, ?progress, newest = table_state.newest, "start");
     let mut sink = Sink::new(
@@ -216,10 +223,14 @@ async fn run_into(job: &ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport)
         job.clickhouse.insert_rows,
         job.settings.flush,
     );
-    let (state, catch_up) =
+    let (state, history_through) =
         carry_out(&run, plan, &mut tail, table, state_file, &mut sink, &mut watch, &mut snapshots, report)
             .await?;
-    let stream = stream::Stream { run: &run, tail, sink, watch, state, snapshots, catch_up };
+    let catch_up = match plan {
+        StartPlan::FromLog { until } => Some(HandedOut::through(until)),
+        _ => None,
+    };
+    let stream = stream::Stream { run: &run, tail, sink, watch, state, snapshots, catch_up, history_through };
     stream.run(report).await
 }
 
@@ -239,8 +250,8 @@ fn snapshots(run: &Run<'_>, table: &DeltaTable, watch: &ModelWatch) -> Result<Op
     }))
 }
 
-/// Restores or scores what the plan says before the stream; the state, and the catch-up to
-/// watch.
+/// Restores or scores what the plan says before the stream; the state, and the last version
+/// whose rows are all in its history.
 #[allow(clippy::too_many_arguments)]
 async fn carry_out(
     run: &Run<'_>,
@@ -252,10 +263,9 @@ async fn carry_out(
     watch: &mut ModelWatch,
     snapshots: &mut Option<Snapshots>,
     report: &mut ScoreReport,
-) -> Result<(State, Option<HandedOut>)> {
+) -> Result<(State, Option<u64>)> {
     let (state, base) = match plan {
-        StartPlan::FromLog { until } => return Ok((State::new(), Some(HandedOut::through(until)))),
-        StartPlan::Fresh => return Ok((State::new(), None)),
+        StartPlan::FromLog { .. } | StartPlan::Fresh => return Ok((State::new(), None)),
         StartPlan::WholeTable { version } => {
             let scorer = watch.scorer().clone();
             (restore::score_whole_table(run, sink, tail, table, &scorer, report).await?, version)
@@ -287,7 +297,7 @@ async fn carry_out(
     {
         snaps.save(base, &state.recent, &state.history, report);
     }
-    Ok((state, None))
+    Ok((state, Some(base)))
 }
 
 /// Hands the memory freed by the start's read back to the system (the allocator keeps freed

@@ -42,12 +42,15 @@ impl Pending {
     }
 }
 
-/// What an insert (and its progress record) did, once acknowledged.
+/// What an insert and its progress record did: the rows written (0 when the insert failed),
+/// their event times and when they were acknowledged, the version recorded, and the failure
+/// that ended it, if any (the rows of a failed progress record are written all the same).
 struct Acked {
     rows: u64,
     times: Vec<i64>,
     at_us: i64,
     progress: Option<u64>,
+    failed: Option<ClickHouseError>,
 }
 
 pub(super) struct Sink {
@@ -58,7 +61,7 @@ pub(super) struct Sink {
     insert_rows: usize,
     flush_latency: Duration,
     pending: Pending,
-    in_flight: Option<JoinHandle<Result<Acked>>>,
+    in_flight: Option<JoinHandle<Acked>>,
     latency: Latency,
 }
 
@@ -130,22 +133,36 @@ impl Sink {
         self.in_flight = Some(tokio::spawn(async move {
             let go = || !shutdown.is_triggered();
             let retryable = ClickHouseError::retryable;
+            let mut acked = Acked { rows: 0, times, at_us: 0, progress: None, failed: None };
             if !rows.is_empty() {
                 let started = Instant::now();
-                backoff.retry_while("inserting predictions", retryable, go, || serving.insert(&rows)).await?;
+                let inserted =
+                    backoff.retry_while("inserting predictions", retryable, go, || serving.insert(&rows));
+                if let Err(e) = inserted.await {
+                    acked.failed = Some(e);
+                    return acked;
+                }
                 metrics::histogram!("txpipe_score_insert_seconds").record(started.elapsed().as_secs_f64());
+                acked.rows = rows.len() as u64;
             }
-            let at_us = chrono::Utc::now().timestamp_micros();
+            acked.at_us = chrono::Utc::now().timestamp_micros();
             if let Some(v) = progress {
-                backoff
-                    .retry_while("recording progress", retryable, go, || {
-                        serving.record_progress(&location, v)
-                    })
-                    .await?;
+                let recorded = backoff.retry_while("recording progress", retryable, go, || {
+                    serving.record_progress(&location, v)
+                });
+                match recorded.await {
+                    Ok(()) => acked.progress = Some(v),
+                    Err(e) => acked.failed = Some(e),
+                }
             }
-            Ok(Acked { rows: rows.len() as u64, times, at_us, progress })
+            acked
         }));
         Ok(())
+    }
+
+    /// Whether an insert is under way (sent, not acknowledged yet).
+    pub(super) fn inserting(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// Waits for the insert in flight, if any, and counts it.
@@ -153,7 +170,7 @@ impl Sink {
         let Some(task) = self.in_flight.take() else {
             return Ok(());
         };
-        let acked = task.await.map_err(|e| JobError::Internal(format!("the insert task: {e}")))??;
+        let acked = task.await.map_err(|e| JobError::Internal(format!("the insert task: {e}")))?;
         if acked.rows > 0 {
             metrics::counter!("txpipe_score_rows_written_total").increment(acked.rows);
             report.written += acked.rows;
@@ -170,7 +187,10 @@ impl Sink {
             report.complete_through = Some(v);
             metrics::gauge!("txpipe_score_complete_through_version").set(v as f64);
         }
-        Ok(())
+        match acked.failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
     /// Records `version` as complete once everything sent before is acknowledged.
@@ -180,6 +200,8 @@ impl Sink {
     }
 
     /// Sends what is pending and waits for every acknowledgement; the latency into the report.
+    /// (Dropped without it, on an error of the run, the insert under way is stopped: its rows
+    /// are scored again at the next start, as their progress is not recorded.)
     pub(super) async fn finish(&mut self, report: &mut ScoreReport) -> Result<()> {
         self.flush(report).await?;
         self.settle(report).await?;
@@ -187,5 +209,13 @@ impl Sink {
         report.latency_p99_s = self.latency.quantile(0.99);
         report.latency_over_60s = self.latency.over;
         Ok(())
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some(task) = self.in_flight.take() {
+            task.abort();
+        }
     }
 }

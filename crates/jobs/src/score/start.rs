@@ -64,6 +64,12 @@ pub(super) fn plan(
     }
 }
 
+/// Whether a start restores the history (so a state file can serve it): every start but a
+/// catch-up from the start (`earliest`, or version 0, without progress).
+pub(super) fn restores(progress: Option<u64>, start: Start) -> bool {
+    progress.is_some() || !matches!(start, Start::Earliest | Start::Version(0))
+}
+
 /// Whether the stream has handed out every commit through a version. Only a batch handed out
 /// counts: the log is read ahead of the batches handed out, so the commit read last may not
 /// have been fed into the history yet.
@@ -141,6 +147,21 @@ mod tests {
         assert_eq!(plan(None, Start::Version(5), TABLE, Some(6)), restore(4, None), "a file past it");
         assert_eq!(plan(None, Start::Version(50), TABLE, None), restore(10, None));
         assert_eq!(plan(None, Start::Version(0), TABLE, Some(3)), StartPlan::Fresh);
+    }
+
+    #[test]
+    fn only_a_start_that_restores_reads_the_state_file() {
+        for (progress, start, wanted) in [
+            (Some(3), Start::Earliest, true),
+            (None, Start::Earliest, false),
+            (None, Start::Version(0), false),
+            (None, Start::Version(4), true),
+            (None, Start::Latest, true),
+        ] {
+            assert_eq!(restores(progress, start), wanted, "{progress:?} {start:?}");
+            let planned = plan(progress, start, TABLE, Some(2));
+            assert_eq!(matches!(planned, StartPlan::Restore { .. }), wanted, "{planned:?}");
+        }
     }
 
     /// The lost-commit fix: a replay (or a catch-up) that stopped once the log had been read

@@ -31,6 +31,8 @@ pub(super) struct Stream<'r, 'a> {
     pub snapshots: Option<Snapshots>,
     /// While catching up from the log: the commits to hand out before the fallback ends.
     pub catch_up: Option<HandedOut>,
+    /// The last version whose rows are all in the history (None: none yet).
+    pub history_through: Option<u64>,
 }
 
 impl Stream<'_, '_> {
@@ -72,6 +74,10 @@ impl Stream<'_, '_> {
             if !got && idle_since.is_none() {
                 idle_since = Some(Instant::now());
             }
+            // Time spent inserting does not count as idle (ClickHouse may be away).
+            if idle_since.is_some() && self.sink.inserting() {
+                idle_since = Some(Instant::now());
+            }
             if let Some(idle) = settings.exit_when_idle
                 && idle_since.is_some_and(|t| t.elapsed() >= idle)
                 && self.sink.pending().rows.is_empty()
@@ -84,13 +90,24 @@ impl Stream<'_, '_> {
             }
         }
         self.sink.finish(report).await?;
+        let version = self.state_version(report);
         if let Some(snaps) = &mut self.snapshots
-            && let Some(v) = report.complete_through
+            && let Some(v) = version
             && snaps.version.is_none_or(|s| s < v)
         {
             snaps.save(v, &self.state.recent, &self.state.history, report);
         }
         Ok(())
+    }
+
+    /// The version the state is written at once every row scored is acknowledged: the progress,
+    /// or the last version in the history when that is older (progress recorded past the
+    /// table's newest version).
+    fn state_version(&self, report: &ScoreReport) -> Option<u64> {
+        match (report.complete_through, self.history_through) {
+            (Some(done), Some(held)) => Some(done.min(held)),
+            _ => None,
+        }
     }
 
     /// A new model from the next micro-batch on; a model whose history differs stops the
@@ -129,6 +146,7 @@ impl Stream<'_, '_> {
                     .await?
                     .ok_or_else(|| JobError::data(self.run.location.clone(), "the table is gone"))?;
                 let scorer = self.watch.scorer().clone();
+                self.history_through = table.version();
                 self.state = restore::score_whole_table(
                     self.run,
                     &mut self.sink,
@@ -182,6 +200,7 @@ impl Stream<'_, '_> {
         })?;
         if batch.complete_through.is_some() {
             pending.complete_through = batch.complete_through;
+            self.history_through = batch.complete_through;
         }
         report.scored += counts.scored;
         report.repeats += counts.skipped;
@@ -192,12 +211,13 @@ impl Stream<'_, '_> {
     /// Writes the state when due, once every row scored so far is acknowledged (the state of a
     /// version must hold the rows of that version and no later one).
     async fn snapshot_if_due(&mut self, report: &mut ScoreReport) -> Result<()> {
-        let Some(snaps) = &mut self.snapshots else { return Ok(()) };
-        if snaps.last.elapsed() < snaps.every {
+        if self.snapshots.as_ref().is_none_or(|s| s.last.elapsed() < s.every) {
             return Ok(());
         }
         self.sink.settle(report).await?;
-        if let Some(v) = report.complete_through
+        let version = self.state_version(report);
+        if let Some(snaps) = &mut self.snapshots
+            && let Some(v) = version
             && self.sink.pending().rows.is_empty()
             && snaps.due(Some(v))
         {
