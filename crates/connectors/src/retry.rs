@@ -87,24 +87,43 @@ impl Backoff {
     }
 
     /// Blocking variant of [`Backoff::retry`], for synchronous callers.
-    pub fn retry_blocking<T, E, F>(
+    pub fn retry_blocking<T, E, F>(&self, what: &str, retryable: impl Fn(&E) -> bool, op: F) -> Result<T, E>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Result<T, E>,
+    {
+        self.retry_blocking_while(what, retryable, || true, op)
+    }
+
+    /// Blocking variant of [`Backoff::retry_while`]: gives up, with the last error, once
+    /// `keep_going` says no (asked after a failed attempt and every quarter of a second of a
+    /// wait).
+    pub fn retry_blocking_while<T, E, F>(
         &self,
         what: &str,
         retryable: impl Fn(&E) -> bool,
+        keep_going: impl Fn() -> bool,
         mut op: F,
     ) -> Result<T, E>
     where
         E: std::fmt::Display,
         F: FnMut() -> Result<T, E>,
     {
+        const SLICE: Duration = Duration::from_millis(250);
         let mut attempt = 1;
         loop {
             match op() {
                 Ok(v) => return Ok(v),
-                Err(e) if retryable(&e) && !self.exhausted(attempt) => {
+                Err(e) if retryable(&e) && !self.exhausted(attempt) && keep_going() => {
                     let wait = self.delay(attempt);
                     tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, error = %e, "{what} failed; retrying");
-                    std::thread::sleep(wait);
+                    let until = std::time::Instant::now() + wait;
+                    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+                        std::thread::sleep(left.min(SLICE));
+                        if !keep_going() {
+                            return Err(e);
+                        }
+                    }
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -158,6 +177,27 @@ mod tests {
         )
         .await;
         assert_eq!(waited.expect("the wait was not cut short").unwrap_err(), "down");
+    }
+
+    #[test]
+    fn the_blocking_retry_gives_up_when_told_to_stop_mid_wait() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let b = Backoff { initial: Duration::from_secs(3600), max: Duration::from_secs(3600), attempts: 0 };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            flag.store(true, Ordering::SeqCst);
+        });
+        let r: Result<(), String> = b.retry_blocking_while(
+            "x",
+            |_| true,
+            || !stop.load(Ordering::SeqCst),
+            || Err("down".to_string()),
+        );
+        assert_eq!(r.unwrap_err(), "down", "an hour's wait was cut short");
+        stopper.join().unwrap();
     }
 
     #[test]

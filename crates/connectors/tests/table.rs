@@ -33,19 +33,9 @@ fn rows(parser: &EventParser, times: &[&str]) -> RecordBatch {
 #[tokio::test]
 async fn one_day_and_mixed_day_batches_land_in_their_date_partitions() {
     let dir = tempfile::tempdir().unwrap();
-    let schema = Schema::default_schema();
-    let parser = EventParser::new(schema.clone());
+    let parser = EventParser::new(Schema::default_schema());
     let location = dir.path().join("t").to_string_lossy().into_owned();
-    let mut table = Table::open_or_create(
-        &location,
-        &BTreeMap::new(),
-        clean_schema(&schema),
-        Some(EVENT_DATE),
-        "test",
-        10,
-    )
-    .await
-    .unwrap();
+    let mut table = open(&location, &parser, 10).await;
     // One day (written straight to its partition), then three rows over two days (split).
     let one_day = rows(&parser, &["2026-11-01T08:00:00Z", "2026-11-01T23:59:59Z"]);
     let mixed = rows(&parser, &["2026-11-02T00:00:00Z", "2026-11-01T12:00:00Z", "2026-11-02T09:30:00Z"]);
@@ -200,19 +190,9 @@ async fn a_schema_change_in_the_log_is_seen_by_the_tail() {
 #[tokio::test]
 async fn only_the_requested_columns_at_the_requested_version() {
     let dir = tempfile::tempdir().unwrap();
-    let schema = Schema::default_schema();
-    let parser = EventParser::new(schema.clone());
+    let parser = EventParser::new(Schema::default_schema());
     let location = dir.path().join("t").to_string_lossy().into_owned();
-    let mut table = Table::open_or_create(
-        &location,
-        &BTreeMap::new(),
-        clean_schema(&schema),
-        Some(EVENT_DATE),
-        "test",
-        10,
-    )
-    .await
-    .unwrap();
+    let mut table = open(&location, &parser, 10).await;
     let rows = rows(&parser, &["2026-11-01T08:00:00Z", "2026-11-02T08:00:00Z"]);
     let v1 = table
         .append(std::slice::from_ref(&rows), &BTreeMap::from([(0, 1)]), serde_json::Map::new())

@@ -131,13 +131,16 @@ struct TablePositions {
     /// The way to the writer, for barriers.
     raw: SyncSender<Raw>,
     revoke_wait: Option<Duration>,
+    /// Set when the run stops: the retries of the storage below give up then.
+    stop: Arc<AtomicBool>,
 }
 
 impl OffsetSource for TablePositions {
     fn stored(&self, partitions: &[i32]) -> std::result::Result<HashMap<i32, Option<i64>>, String> {
         let mut table = self.table.lock().map_err(|_| "positions table lock poisoned".to_string())?;
+        let go = || !self.stop.load(Ordering::SeqCst);
         Backoff::default()
-            .retry_blocking("reading the table's positions", DeltaError::retryable, || {
+            .retry_blocking_while("reading the table's positions", DeltaError::retryable, go, || {
                 self.runtime.block_on(async {
                     table.refresh().await?;
                     table.positions(partitions).await
@@ -151,8 +154,9 @@ impl OffsetSource for TablePositions {
         let partitions: Vec<i32> = positions.keys().copied().collect();
         let mut metadata = serde_json::Map::new();
         metadata.insert("txpipe.start".into(), "latest".into());
+        let go = || !self.stop.load(Ordering::SeqCst);
         Backoff::default()
-            .retry_blocking("storing start positions", DeltaError::retryable, || {
+            .retry_blocking_while("storing start positions", DeltaError::retryable, go, || {
                 self.runtime.block_on(async {
                     table.refresh().await?;
                     let held = table.positions(&partitions).await?;
@@ -233,6 +237,7 @@ pub(super) fn spawn(setup: ReaderSetup) -> Result<ReaderHandle> {
         runtime: setup.runtime.clone(),
         raw: raw_tx.clone(),
         revoke_wait: setup.revoke_wait,
+        stop: setup.stop.clone(),
     });
     let consumer = Consumer::subscribe(&setup.kafka, source, setup.positioning)?;
     let activity = Arc::new(Activity {
