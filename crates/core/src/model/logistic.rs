@@ -92,11 +92,6 @@ pub fn sigmoid(z: f64) -> f64 {
     }
 }
 
-/// `ln(1 + e^z)`, without overflow.
-fn softplus(z: f64) -> f64 {
-    if z > 0.0 { z + (-z).exp().ln_1p() } else { z.exp().ln_1p() }
-}
-
 impl LogisticModel {
     /// The linear score `b + x·β` of one row of raw features.
     pub fn decision(&self, x: &[f32]) -> f64 {
@@ -291,18 +286,19 @@ fn block_sums(
 ) -> Sums {
     let (d, len) = (x.cols(), rows.len());
     let p = d + 1;
-    // The block's standardised columns, and the linear score of each row.
-    let mut xb = vec![0.0f64; d * len];
+    // The block's standardised columns (f32, as the matrix holds them), and the linear score of
+    // each row (f64, from the f64 standardised values).
+    let mut xb = vec![0.0f32; d * len];
     let mut z = vec![beta[d]; len];
     let mut scratch = Vec::new();
     for j in 0..d {
-        let (m, s, bj) = (means[j], stds[j], beta[j]);
+        let (m, inv, bj) = (means[j], 1.0 / stds[j], beta[j]);
         let col = &mut xb[j * len..(j + 1) * len];
-        for (out, &v) in col.iter_mut().zip(x.column_values(j, rows.clone(), &mut scratch)) {
-            *out = (v as f64 - m) / s;
-        }
-        for (zi, &v) in z.iter_mut().zip(col.iter()) {
-            *zi += bj * v;
+        let values = x.column_values(j, rows.clone(), &mut scratch);
+        for ((out, zi), &v) in col.iter_mut().zip(z.iter_mut()).zip(values) {
+            let s = (v as f64 - m) * inv;
+            *zi += bj * s;
+            *out = s as f32;
         }
     }
     let mut loss = 0.0;
@@ -311,20 +307,26 @@ fn block_sums(
     let mut curvature = vec![0.0; len];
     for (i, &label) in y[rows].iter().enumerate() {
         let (yi, wi) = if label != 0 { (1.0, w_pos) } else { (0.0, w_neg) };
-        let pi = sigmoid(z[i]);
-        loss += wi * (softplus(z[i]) - yi * z[i]);
+        // σ(z) and ln(1 + eᶻ) from one exponential, e^-|z|, without overflow.
+        let e = (-z[i].abs()).exp();
+        let r = 1.0 / (1.0 + e);
+        let pi = if z[i] >= 0.0 { r } else { e * r };
+        loss += wi * (z[i].max(0.0) + e.ln_1p() - yi * z[i]);
         weight += wi;
         residual[i] = wi * (pi - yi);
         curvature[i] = wi * pi * (1.0 - pi);
     }
     let mut gradient = vec![0.0; p];
     let mut hessian = vec![0.0; p * p];
-    let mut scaled = vec![0.0; len];
+    // The Hessian's products in f32 (twice the lanes): Newton's step needs it only
+    // approximately; the gradient, which decides where the fit ends, is summed in f64.
+    let curvature32: Vec<f32> = curvature.iter().map(|&v| v as f32).collect();
+    let mut scaled = vec![0.0f32; len];
     for j in 0..d {
         let col = &xb[j * len..(j + 1) * len];
         gradient[j] = dot(&residual, col);
         // scaled = curvature ⊙ column j; its dot with the intercept's column of ones is its sum.
-        hessian[j * p + d] = axpy_dot(&curvature, col, &mut scaled);
+        hessian[j * p + d] = axpy_dot(&curvature32, col, &mut scaled);
         for k in j..d {
             hessian[j * p + k] = dot(&scaled, &xb[k * len..(k + 1) * len]);
         }
