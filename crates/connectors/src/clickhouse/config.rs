@@ -21,6 +21,10 @@ pub struct ClickHouseConfig {
     pub fields: Option<Vec<String>>,
     /// Rows per insert into the serving tables at most.
     pub insert_rows: usize,
+    /// How inserts travel: `lz4` (compressed), `none`, or `auto` (the default): none when the
+    /// server is on this machine (a loopback address or `localhost`), where compressing costs
+    /// CPU and saves no network, lz4 otherwise.
+    pub compression: String,
 }
 
 impl Default for ClickHouseConfig {
@@ -32,6 +36,7 @@ impl Default for ClickHouseConfig {
             password: String::new(),
             fields: None,
             insert_rows: 100_000,
+            compression: "auto".into(),
         }
     }
 }
@@ -62,7 +67,28 @@ impl ClickHouseConfig {
         if self.insert_rows == 0 {
             return Err(ConfigError::config("clickhouse.insert_rows", 0, "at least 1"));
         }
+        if !matches!(self.compression.as_str(), "auto" | "lz4" | "none") {
+            return Err(ConfigError::config(
+                "clickhouse.compression",
+                &self.compression,
+                "auto, lz4 or none",
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether inserts are compressed (see [`Self::compression`]); the URL is a valid one.
+    pub fn compressed(&self) -> bool {
+        match self.compression.as_str() {
+            "none" => false,
+            "lz4" => true,
+            _ => !url::Url::parse(&self.url).ok().is_some_and(|u| match u.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            }),
+        }
     }
 }
 
@@ -71,11 +97,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn compression_is_off_on_this_machine_only_when_auto() {
+        let at = |url: &str, compression: &str| {
+            ClickHouseConfig { url: url.into(), compression: compression.into(), ..Default::default() }
+                .compressed()
+        };
+        assert!(!at("http://127.0.0.1:8123", "auto"));
+        assert!(!at("http://localhost:8123", "auto"));
+        assert!(!at("http://[::1]:8123", "auto"));
+        assert!(at("http://10.0.0.5:8123", "auto"));
+        assert!(at("https://clickhouse.example:8443", "auto"));
+        assert!(at("http://127.0.0.1:8123", "lz4"));
+        assert!(!at("http://10.0.0.5:8123", "none"));
+    }
+
+    #[test]
     fn validation() {
         assert!(ClickHouseConfig::default().validate().is_ok());
         let c = ClickHouseConfig { url: "127.0.0.1:8123".into(), ..Default::default() };
         assert!(c.validate().unwrap_err().to_string().contains("clickhouse.url"));
         let c = ClickHouseConfig { database: "my-db".into(), ..Default::default() };
         assert!(c.validate().unwrap_err().to_string().contains("clickhouse.database"));
+        let c = ClickHouseConfig { compression: "zstd".into(), ..Default::default() };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("clickhouse.compression") && e.contains("auto, lz4 or none"), "{e}");
     }
 }
