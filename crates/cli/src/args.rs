@@ -192,7 +192,7 @@ pub struct ScoreArgs {
     /// Model directory.
     #[arg(long, env = "TXPIPE_MODEL_DIR", value_name = "DIR")]
     pub model_dir: Option<String>,
-    /// Stop after SECS seconds without new commits.
+    /// Stop after SECS seconds without new commits (0: as soon as every commit is scored).
     #[arg(long, allow_negative_numbers = true, env = "TXPIPE_EXIT_WHEN_IDLE", value_name = "SECS")]
     pub exit_when_idle: Option<f64>,
     /// Where to start when ClickHouse has no progress for this table: earliest, latest or a

@@ -214,6 +214,33 @@ async fn a_model_published_mid_stream_scores_the_rows_after_it() {
     common::query(&clickhouse, &format!("DROP DATABASE {db}")).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_when_idle_zero_stops_once_every_commit_is_scored_and_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let clickhouse = common::fresh_clickhouse("caught_up");
+    let db = clickhouse.database.clone();
+    // Seven commits; micro-batches of two files, so the catch-up takes several polls and inserts.
+    common::write_history(dir.path(), &generated(8, 7_000), 0, 1_000).await;
+    train::run(train_job(dir.path()), Shutdown::new()).await.unwrap();
+    let mut job = score_job(dir.path(), &clickhouse);
+    job.settings.exit_when_idle = Some(Duration::ZERO);
+    // A stop at the first poll that found nothing, before the first micro-batch, or before the
+    // last insert was acknowledged would leave rows out.
+    let report = score::run(job, Shutdown::new()).await.unwrap();
+    assert_eq!(
+        (report.scored, report.written, report.complete_through),
+        (7_000, 7_000, Some(7)),
+        "{report:?}"
+    );
+    let stored = common::query(
+        &clickhouse,
+        &format!("SELECT count(), uniqExact(transaction_id) FROM {db}.transactions_realtime"),
+    )
+    .await;
+    assert_eq!(stored, "7000\t7000");
+    common::query(&clickhouse, &format!("DROP DATABASE {db}")).await;
+}
+
 /// Every row of the table once in `transactions_realtime`, and how many there are.
 async fn realtime_count(clickhouse: &txpipe_connectors::clickhouse::ClickHouseConfig) -> String {
     let db = &clickhouse.database;

@@ -108,9 +108,14 @@ impl ScoreConfig {
         }
         let exit_when_idle = match self.exit_when_idle {
             None => None,
-            Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+            // 0: stop as soon as a poll finds the table's newest version scored and acknowledged.
+            Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
             Some(s) => {
-                return Err(ConfigError::config("score.exit_when_idle", s, "a positive number of seconds"));
+                return Err(ConfigError::config(
+                    "score.exit_when_idle",
+                    s,
+                    "a number of seconds, 0 or more (0: stop once caught up)",
+                ));
             }
         };
         Ok(ScoreSettings {
