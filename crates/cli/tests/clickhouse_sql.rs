@@ -132,12 +132,13 @@ async fn rows_encoded_by_txpipe_read_back_through_the_view_on_the_18_16_server()
     let mut realtime = PredictionRows::new(Target::Realtime);
     push(&mut realtime, "a", &full, 0.75, None);
     push(&mut realtime, "b", &empty, 0.25, None);
+    let realtime = realtime.seal();
     serving.insert(&realtime).await.unwrap();
     // A replay of the same rows, and a batch row for `b`.
     serving.insert(&realtime).await.unwrap();
     let mut batch = PredictionRows::new(Target::Batch);
     push(&mut batch, "b", &empty, 0.5, Some("run-1"));
-    serving.insert(&batch).await.unwrap();
+    serving.insert(&batch.seal()).await.unwrap();
 
     let got = serving
         .fetch_text(&format!(

@@ -113,7 +113,8 @@ impl Rows {
             });
             all
         };
-        let mut seen: HashSet<&str> = HashSet::with_capacity(order.len());
+        let mut seen: HashSet<&str, foldhash::fast::RandomState> =
+            HashSet::with_capacity_and_hasher(order.len(), Default::default());
         order.retain(|&r| rows.str_of(id, r).is_some_and(|s| seen.insert(s)));
         drop(seen);
         rows.order = order;

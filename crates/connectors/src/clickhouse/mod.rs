@@ -6,6 +6,6 @@ mod serving;
 
 pub use config::ClickHouseConfig;
 pub use serving::{
-    BATCH, ClickHouseError, PROGRESS, Prediction, PredictionRows, REALTIME, SERVING, Serving, ServingColumn,
-    Target,
+    BATCH, ClickHouseError, PROGRESS, Prediction, PredictionRows, REALTIME, SERVING, SealedRows, Serving,
+    ServingColumn, Target,
 };

@@ -153,7 +153,12 @@ impl Serving {
     }
 
     pub fn new(config: &ClickHouseConfig, columns: Vec<ServingColumn>) -> Serving {
-        let mut server = clickhouse::Client::default().with_url(&config.url).with_validation(false);
+        let compression =
+            if config.compressed() { clickhouse::Compression::Lz4 } else { clickhouse::Compression::None };
+        let mut server = clickhouse::Client::default()
+            .with_url(&config.url)
+            .with_validation(false)
+            .with_compression(compression);
         if !config.user.is_empty() {
             server = server.with_user(&config.user);
         }
@@ -350,8 +355,9 @@ impl Serving {
         Ok(String::from_utf8_lossy(&bytes).trim_end().to_string())
     }
 
-    /// Inserts the encoded rows into their table, in one request.
-    pub async fn insert(&self, rows: &PredictionRows) -> Result<()> {
+    /// Inserts the encoded rows into their table, in one request (again on a retry: the bytes
+    /// are shared, not copied).
+    pub async fn insert(&self, rows: &SealedRows) -> Result<()> {
         let target = rows.target;
         if rows.count == 0 {
             return Ok(());
@@ -366,7 +372,7 @@ impl Serving {
             format!("INSERT INTO {} ({}) FORMAT RowBinary", self.name(target.table()), names.join(", "));
         let what = format!("inserting {} rows into {}", rows.count, target.table());
         let mut insert = self.client.insert_formatted_with(sql);
-        insert.send(Bytes::copy_from_slice(&rows.buf)).await.map_err(self.request_err(what.clone()))?;
+        insert.send(rows.buf.clone()).await.map_err(self.request_err(what.clone()))?;
         insert.end().await.map_err(self.request_err(what))
     }
 }
@@ -420,9 +426,38 @@ fn seconds(us: i64) -> u32 {
     us.div_euclid(1_000_000).clamp(0, u32::MAX as i64) as u32
 }
 
+/// Predictions encoded for one insert, done with: [`Serving::insert`] sends them.
+#[derive(Debug, Clone)]
+pub struct SealedRows {
+    target: Target,
+    buf: Bytes,
+    count: usize,
+}
+
+impl SealedRows {
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
 impl PredictionRows {
     pub fn new(target: Target) -> PredictionRows {
-        PredictionRows { target, buf: Vec::new(), count: 0 }
+        PredictionRows::with_capacity(target, 0)
+    }
+
+    /// With room for `bytes` of encoded rows (say, the size of the previous insert's: the
+    /// buffer then does not grow and copy itself row by row).
+    pub fn with_capacity(target: Target, bytes: usize) -> PredictionRows {
+        PredictionRows { target, buf: Vec::with_capacity(bytes), count: 0 }
+    }
+
+    /// The rows, ready to send (the buffer handed over, not copied).
+    pub fn seal(self) -> SealedRows {
+        SealedRows { target: self.target, buf: Bytes::from(self.buf), count: self.count }
     }
 
     pub fn target(&self) -> Target {

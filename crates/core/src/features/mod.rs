@@ -404,7 +404,8 @@ impl Features {
         };
         const US_PER_HOUR: f64 = 3_600_000_000.0;
         if self.fitted.hour_of_day {
-            let hour = (t as f64 / US_PER_HOUR).rem_euclid(24.0);
+            // The remainder in integers (exact, and no software `fmod`).
+            let hour = t.rem_euclid(24 * US_PER_HOUR as i64) as f64 / US_PER_HOUR;
             let a = std::f64::consts::TAU * hour / 24.0;
             put(a.sin());
             put(a.cos());

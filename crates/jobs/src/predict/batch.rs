@@ -10,7 +10,9 @@
 
 use std::time::Instant;
 
-use txpipe_connectors::clickhouse::{ClickHouseConfig, ClickHouseError, PredictionRows, Serving, Target};
+use txpipe_connectors::clickhouse::{
+    ClickHouseConfig, ClickHouseError, PredictionRows, SealedRows, Serving, Target,
+};
 use txpipe_connectors::delta::{self, TablesConfig};
 use txpipe_connectors::retry::Backoff;
 use txpipe_core::features::History;
@@ -86,7 +88,7 @@ pub async fn score_history(
     };
 
     // Scoring on a blocking thread hands chunks to the inserts, two in flight at most.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<PredictionRows>(2);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<SealedRows>(2);
     let (from_us, to_us, chunk_rows) = (batch.from_us, batch.to_us, batch.clickhouse.insert_rows);
     let scored_at = now.timestamp().clamp(0, u32::MAX as i64) as u32;
     let encoding = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -99,13 +101,16 @@ pub async fn score_history(
         };
         // A failed send: the inserting side stopped (its error is the run's), so stop too.
         let hand_out = |out: &mut PredictionRows, _| {
-            out.len() < chunk_rows
-                || tx.blocking_send(std::mem::replace(out, PredictionRows::new(Target::Batch))).is_ok()
+            out.len() < chunk_rows || {
+                let room = out.bytes();
+                let full = std::mem::replace(out, PredictionRows::with_capacity(Target::Batch, room));
+                tx.blocking_send(full.seal()).is_ok()
+            }
         };
         let mut history = History::new();
         predict(&layout, &mut scorer, &mut history, &rows, stamp, &mut out, wanted, hand_out);
         if !out.is_empty() {
-            let _ = tx.blocking_send(out);
+            let _ = tx.blocking_send(out.seal());
         }
         Ok(())
     });

@@ -25,9 +25,12 @@ impl RecentIds {
     }
 
     pub(crate) fn with_seed(seed: u64) -> RecentIds {
+        // Sized for the whole window at once: growing, the set rehashed every id seen so far
+        // each time it doubled. Pages are touched only as ids come, except the set's control
+        // bytes (2 MB).
         RecentIds {
-            order: VecDeque::new(),
-            set: HashSet::default(),
+            order: VecDeque::with_capacity(RECENT_IDS + 1),
+            set: HashSet::with_capacity_and_hasher(RECENT_IDS + 1, Default::default()),
             seed,
             hasher: foldhash::quality::FixedState::with_seed(seed),
         }

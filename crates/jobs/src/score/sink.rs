@@ -28,8 +28,13 @@ pub(super) struct Pending {
 
 impl Pending {
     fn new() -> Pending {
+        Pending::with_room(0)
+    }
+
+    /// With room for `bytes` of encoded rows.
+    fn with_room(bytes: usize) -> Pending {
         Pending {
-            rows: PredictionRows::new(Target::Realtime),
+            rows: PredictionRows::with_capacity(Target::Realtime, bytes),
             times: Vec::new(),
             complete_through: None,
             since: None,
@@ -107,7 +112,8 @@ impl Sink {
     /// Sends what is pending (after the insert in flight is acknowledged); the version it
     /// completes is recorded once it is acknowledged in turn.
     pub(super) async fn flush(&mut self, report: &mut ScoreReport) -> Result<()> {
-        let pending = std::mem::replace(&mut self.pending, Pending::new());
+        let room = self.pending.rows.bytes();
+        let pending = std::mem::replace(&mut self.pending, Pending::with_room(room));
         self.send(pending.rows, pending.times, pending.complete_through, report).await
     }
 
@@ -128,6 +134,7 @@ impl Sink {
         if rows.is_empty() && progress.is_none() {
             return Ok(());
         }
+        let rows = rows.seal();
         let (serving, backoff, shutdown) = (self.serving.clone(), self.backoff, self.shutdown.clone());
         let location = self.location.clone();
         self.in_flight = Some(tokio::spawn(async move {
