@@ -407,8 +407,6 @@ fn train_on(
     stage_done("features", report.features_s);
     check_slices(&slices, job.settings.config.min_positives)?;
 
-    stages.begin(format!("fitting on {} rows", slices[0].1.len()))?;
-    let started = Instant::now();
     let [train, validation, holdout] = slices;
     if let Some(path) = &job.settings.config.export_features {
         stages.begin(format!("writing the features to {path}"))?;
@@ -417,6 +415,8 @@ fn train_on(
         export::write(std::path::Path::new(path), &names, slices)?;
         tracing::info!(path, "feature matrix written");
     }
+    stages.begin(format!("fitting on {} rows", train.1.len()))?;
+    let started = Instant::now();
     let lr = model::fit(&train.0, &train.1, &job.settings.fit).map_err(|e| refuse(e.to_string()))?;
     report.fit_s = started.elapsed().as_secs_f64();
     stage_done("fit", report.fit_s);
