@@ -1,18 +1,16 @@
 //! The logistic-regression fit on a known model, for BENCHMARKS.md: ROWS rows (default
-//! 1,000,000; 1,250,000 fits 1 M) × 20 standard-normal features with scales from 0.5 to 5 and
+//! 1,000,000; 1,250,000 fits 1 M) × COLS (20) standard-normal features with scales from 0.5 to 5 and
 //! about 5 % positives;
 //! the first 80 % fit, the last 20 % held out. Prints the fit time (best of 3), Newton steps,
 //! held-out AUC and peak RSS. With OUT_DIR, also writes the data (x.f32: column-major f32;
 //! y.u8) and the coefficients for `scripts/fit_bench.py` (scikit-learn on the same rows).
 //!
-//!     cargo run --release -p txpipe-core --example fit_bench -- [ROWS] [OUT_DIR]
+//!     cargo run --release -p txpipe-core --example fit_bench -- [ROWS] [OUT_DIR|-] [COLS]
 
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use txpipe_core::model::{FitOptions, Matrix, fit, metrics};
-
-const COLS: usize = 20;
 
 fn normal(rng: &mut impl Rng) -> f64 {
     let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
@@ -33,19 +31,20 @@ fn peak_rss_mb() -> u64 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let rows: usize = args.get(1).map(|r| r.parse()).transpose()?.unwrap_or(1_000_000);
-    let out = args.get(2);
+    let out = args.get(2).filter(|d| d.as_str() != "-");
+    let cols: usize = args.get(3).map(|c| c.parse()).transpose()?.unwrap_or(20).max(2);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2026);
-    let scales: Vec<f64> = (0..COLS).map(|j| 0.5 + 4.5 * j as f64 / (COLS - 1) as f64).collect();
+    let scales: Vec<f64> = (0..cols).map(|j| 0.5 + 4.5 * j as f64 / (cols - 1) as f64).collect();
     // Standardised effects from -1 to 1, so every feature matters about as much.
-    let beta: Vec<f64> = (0..COLS)
-        .map(|j| (if j % 2 == 0 { 1.0 } else { -1.0 }) * (0.2 + 0.8 * j as f64 / COLS as f64) / scales[j])
+    let beta: Vec<f64> = (0..cols)
+        .map(|j| (if j % 2 == 0 { 1.0 } else { -1.0 }) * (0.2 + 0.8 * j as f64 / cols as f64) / scales[j])
         .collect();
     let intercept = -5.2;
-    let mut columns: Vec<Vec<f32>> = (0..COLS).map(|_| Vec::with_capacity(rows)).collect();
+    let mut columns: Vec<Vec<f32>> = (0..cols).map(|_| Vec::with_capacity(rows)).collect();
     let mut y = Vec::with_capacity(rows);
     for _ in 0..rows {
         let mut z = intercept;
-        for j in 0..COLS {
+        for j in 0..cols {
             let v = (normal(&mut rng) * scales[j]) as f32;
             columns[j].push(v);
             z += beta[j] * v as f64;
@@ -69,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let p = model.probabilities(&test);
     let auc = metrics::auc_roc(&p, &y[cut..]);
     println!(
-        "{{\"rows\": {rows}, \"fit_rows\": {cut}, \"features\": {COLS}, \"positives\": {:.4}, \"fit_s\": {best:.3}, \"iterations\": {}, \"converged\": {}, \"holdout_auc\": {auc:.4}, \"threads\": {}, \"peak_rss_mb\": {}}}",
+        "{{\"rows\": {rows}, \"fit_rows\": {cut}, \"features\": {cols}, \"positives\": {:.4}, \"fit_s\": {best:.3}, \"iterations\": {}, \"converged\": {}, \"holdout_auc\": {auc:.4}, \"threads\": {}, \"peak_rss_mb\": {}}}",
         positives as f64 / rows as f64,
         model.iterations,
         model.converged,
@@ -78,9 +77,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     if let Some(dir) = out {
         std::fs::create_dir_all(dir)?;
-        let mut bytes = Vec::with_capacity(rows * COLS * 4);
+        let mut bytes = Vec::with_capacity(rows * cols * 4);
         let mut scratch = Vec::new();
-        for j in 0..COLS {
+        for j in 0..cols {
             for v in x.column_values(j, 0..rows, &mut scratch) {
                 bytes.extend_from_slice(&v.to_le_bytes());
             }
