@@ -446,18 +446,25 @@ impl SealedRows {
 
 impl PredictionRows {
     pub fn new(target: Target) -> PredictionRows {
-        PredictionRows::with_capacity(target, 0)
-    }
-
-    /// With room for `bytes` of encoded rows (say, the size of the previous insert's: the
-    /// buffer then does not grow and copy itself row by row).
-    pub fn with_capacity(target: Target, bytes: usize) -> PredictionRows {
-        PredictionRows { target, buf: Vec::with_capacity(bytes), count: 0 }
+        PredictionRows { target, buf: Vec::new(), count: 0 }
     }
 
     /// The rows, ready to send (the buffer handed over, not copied).
     pub fn seal(self) -> SealedRows {
         SealedRows { target: self.target, buf: Bytes::from(self.buf), count: self.count }
+    }
+
+    /// The rows so far, sealed; this one is left empty with room for as many bytes again (the
+    /// next rows then do not grow the buffer and copy it row by row).
+    pub fn take(&mut self) -> SealedRows {
+        let room = Vec::with_capacity(self.buf.len());
+        let full = PredictionRows {
+            target: self.target,
+            buf: std::mem::replace(&mut self.buf, room),
+            count: self.count,
+        };
+        self.count = 0;
+        full.seal()
     }
 
     pub fn target(&self) -> Target {

@@ -100,13 +100,8 @@ pub async fn score_history(
             if inside { Take::Score } else { Take::Observe }
         };
         // A failed send: the inserting side stopped (its error is the run's), so stop too.
-        let hand_out = |out: &mut PredictionRows, _| {
-            out.len() < chunk_rows || {
-                let room = out.bytes();
-                let full = std::mem::replace(out, PredictionRows::with_capacity(Target::Batch, room));
-                tx.blocking_send(full.seal()).is_ok()
-            }
-        };
+        let hand_out =
+            |out: &mut PredictionRows, _| out.len() < chunk_rows || tx.blocking_send(out.take()).is_ok();
         let mut history = History::new();
         predict(&layout, &mut scorer, &mut history, &rows, stamp, &mut out, wanted, hand_out);
         if !out.is_empty() {

@@ -6,7 +6,7 @@
 //! Rows that only feed the history are read with only the columns it needs; the CPU work runs
 //! off the async runtime (`block_in_place`, or a blocking task that hands chunks to the sink).
 
-use txpipe_connectors::clickhouse::{PredictionRows, Target};
+use txpipe_connectors::clickhouse::{PredictionRows, SealedRows, Target};
 use txpipe_connectors::delta::arrow::array::RecordBatch;
 use txpipe_connectors::delta::arrow::datatypes::DataType;
 use txpipe_connectors::delta::{DeltaTable, TableTail};
@@ -165,21 +165,19 @@ pub(super) async fn score_whole_table(
     tracing::info!(version = base, rows, "read the table to score it whole");
     let (layout, mut scorer) = (run.layout.clone(), scorer.clone());
     let chunk_rows = run.job.clickhouse.insert_rows;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<PredictionRows>(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<SealedRows>(1);
     let work = tokio::task::spawn_blocking(move || -> Result<(State, u64, u64)> {
         let rows = Rows::new(&layout.schema, &batches, None)?;
         let mut state = State::new();
         let recent = &mut state.recent;
         let take = |id: &str, _| if recent.first(id) { Take::Score } else { Take::Skip };
         // A failed send: the inserting side stopped (its error is the run's), so stop too.
-        let hand_out = |out: &mut PredictionRows, _| {
-            out.len() < chunk_rows
-                || tx.blocking_send(std::mem::replace(out, PredictionRows::new(Target::Realtime))).is_ok()
-        };
+        let hand_out =
+            |out: &mut PredictionRows, _| out.len() < chunk_rows || tx.blocking_send(out.take()).is_ok();
         let mut out = PredictionRows::new(Target::Realtime);
         let counts =
             predict(&layout, &mut scorer, &mut state.history, &rows, Stamp::now(), &mut out, take, hand_out);
-        let _ = tx.blocking_send(out);
+        let _ = tx.blocking_send(out.seal());
         Ok((state, counts.scored, counts.skipped))
     });
     while let Some(chunk) = rx.recv().await {

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
-use txpipe_connectors::clickhouse::{ClickHouseError, PredictionRows, Serving, Target};
+use txpipe_connectors::clickhouse::{ClickHouseError, PredictionRows, SealedRows, Serving, Target};
 use txpipe_connectors::retry::Backoff;
 
 use super::report::{Latency, ScoreReport};
@@ -28,13 +28,8 @@ pub(super) struct Pending {
 
 impl Pending {
     fn new() -> Pending {
-        Pending::with_room(0)
-    }
-
-    /// With room for `bytes` of encoded rows.
-    fn with_room(bytes: usize) -> Pending {
         Pending {
-            rows: PredictionRows::with_capacity(Target::Realtime, bytes),
+            rows: PredictionRows::new(Target::Realtime),
             times: Vec::new(),
             complete_through: None,
             since: None,
@@ -112,19 +107,22 @@ impl Sink {
     /// Sends what is pending (after the insert in flight is acknowledged); the version it
     /// completes is recorded once it is acknowledged in turn.
     pub(super) async fn flush(&mut self, report: &mut ScoreReport) -> Result<()> {
-        let room = self.pending.rows.bytes();
-        let pending = std::mem::replace(&mut self.pending, Pending::with_room(room));
-        self.send(pending.rows, pending.times, pending.complete_through, report).await
+        // The rows' buffer stays, with its room, for the next rows.
+        let rows = self.pending.rows.take();
+        let times = std::mem::take(&mut self.pending.times);
+        let through = self.pending.complete_through.take();
+        self.pending.since = None;
+        self.send(rows, times, through, report).await
     }
 
     /// Sends a chunk of rows that completes no version (scoring the table whole).
-    pub(super) async fn send_rows(&mut self, rows: PredictionRows, report: &mut ScoreReport) -> Result<()> {
+    pub(super) async fn send_rows(&mut self, rows: SealedRows, report: &mut ScoreReport) -> Result<()> {
         self.send(rows, Vec::new(), None, report).await
     }
 
     async fn send(
         &mut self,
-        rows: PredictionRows,
+        rows: SealedRows,
         times: Vec<i64>,
         progress: Option<u64>,
         report: &mut ScoreReport,
@@ -134,7 +132,6 @@ impl Sink {
         if rows.is_empty() && progress.is_none() {
             return Ok(());
         }
-        let rows = rows.seal();
         let (serving, backoff, shutdown) = (self.serving.clone(), self.backoff, self.shutdown.clone());
         let location = self.location.clone();
         self.in_flight = Some(tokio::spawn(async move {
@@ -202,7 +199,7 @@ impl Sink {
 
     /// Records `version` as complete once everything sent before is acknowledged.
     pub(super) async fn record(&mut self, version: u64, report: &mut ScoreReport) -> Result<()> {
-        self.send(PredictionRows::new(Target::Realtime), Vec::new(), Some(version), report).await?;
+        self.send(PredictionRows::new(Target::Realtime).seal(), Vec::new(), Some(version), report).await?;
         self.settle(report).await
     }
 
