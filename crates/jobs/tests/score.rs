@@ -45,6 +45,21 @@ fn train_job(dir: &std::path::Path) -> TrainJob {
     }
 }
 
+/// A table of `count` generated events (seed `seed`) in commits of `commit_rows`, a model
+/// trained on it, and the settings of a ClickHouse database of its own (`name`).
+async fn trained_table(
+    dir: &std::path::Path,
+    name: &str,
+    seed: u64,
+    count: u64,
+    commit_rows: i64,
+) -> txpipe_connectors::clickhouse::ClickHouseConfig {
+    let clickhouse = common::fresh_clickhouse(name);
+    common::write_history(dir, &generated(seed, count), 0, commit_rows).await;
+    train::run(train_job(dir), Shutdown::new()).await.unwrap();
+    clickhouse
+}
+
 fn score_job(
     dir: &std::path::Path,
     clickhouse: &txpipe_connectors::clickhouse::ClickHouseConfig,
@@ -174,10 +189,8 @@ async fn realtime_and_batch_probabilities_agree_over_a_start_restarts_and_stream
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_published_mid_stream_scores_the_rows_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let clickhouse = common::fresh_clickhouse("reload");
+    let clickhouse = trained_table(dir.path(), "reload", 3, 10_000, 10_000).await;
     let db = clickhouse.database.clone();
-    common::write_history(dir.path(), &generated(3, 10_000), 0, 10_000).await;
-    train::run(train_job(dir.path()), Shutdown::new()).await.unwrap();
     // Score runs on; it will stop 1.5 s after the last new commit.
     let mut job = score_job(dir.path(), &clickhouse);
     job.settings.model_poll = Duration::from_millis(100);
@@ -217,11 +230,9 @@ async fn a_model_published_mid_stream_scores_the_rows_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_when_idle_zero_stops_once_every_commit_is_scored_and_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let clickhouse = common::fresh_clickhouse("caught_up");
+    let clickhouse = trained_table(dir.path(), "caught_up", 8, 7_000, 1_000).await;
     let db = clickhouse.database.clone();
     // Seven commits; micro-batches of two files, so the catch-up takes several polls and inserts.
-    common::write_history(dir.path(), &generated(8, 7_000), 0, 1_000).await;
-    train::run(train_job(dir.path()), Shutdown::new()).await.unwrap();
     let mut job = score_job(dir.path(), &clickhouse);
     job.settings.exit_when_idle = Some(Duration::ZERO);
     // A stop at the first poll that found nothing, before the first micro-batch, or before the
@@ -261,9 +272,7 @@ async fn catching_up_from_the_start_reads_commit_by_commit_or_the_table_when_the
 
     // 1. The log whole: read commit by commit, in micro-batches of at most 3,000 rows.
     let dir = tempfile::tempdir().unwrap();
-    let clickhouse = common::fresh_clickhouse("catchup_log");
-    common::write_history(dir.path(), &generated(5, 20_000), 0, 2_000).await;
-    train::run(train_job(dir.path()), Shutdown::new()).await.unwrap();
+    let clickhouse = trained_table(dir.path(), "catchup_log", 5, 20_000, 2_000).await;
     let config = ScoreConfig { max_rows: 3_000, ..ScoreConfig::default() };
     let r = score::run(score_job_with(dir.path(), &clickhouse, config), Shutdown::new()).await.unwrap();
     assert_eq!((r.scored, r.complete_through, r.micro_batches), (20_000, Some(10), 10), "{r:?}");
@@ -309,9 +318,7 @@ async fn catching_up_from_the_start_reads_commit_by_commit_or_the_table_when_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_whose_history_differs_stops_the_state_file_until_a_start_builds_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let clickhouse = common::fresh_clickhouse("state_model");
-    common::write_history(dir.path(), &generated(7, 10_000), 0, 5_000).await;
-    train::run(train_job(dir.path()), Shutdown::new()).await.unwrap();
+    let clickhouse = trained_table(dir.path(), "state_model", 7, 10_000, 5_000).await;
     let state = dir.path().join("state");
 
     // A run that sees a model with a two-hour window published mid-stream: its history was

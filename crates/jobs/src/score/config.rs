@@ -33,7 +33,8 @@ pub struct ScoreConfig {
     pub state_dir: String,
     /// How often the state is written while running (also at a clean stop).
     pub snapshot_interval: String,
-    /// Stop after this many seconds without new commits (absent: run until stopped).
+    /// Stop after this many seconds without new commits (absent: run until stopped; 0: as soon
+    /// as every commit is scored and acknowledged).
     pub exit_when_idle: Option<f64>,
     /// Log the counters at this interval.
     pub stats_interval: String,
