@@ -1,8 +1,8 @@
 //! The inner loops of the fit: dot products over contiguous `f64` or `f32` slices, with two
 //! vector registers' worth of independent sums (8 in `f64`, 16 in `f32`) so that the compiler
 //! can use them, and an AVX2 + FMA build of the same code chosen at run time where the processor
-//! has it. The summation order is fixed by
-//! the code, not by the thread or the block it runs in.
+//! has it; and the sums per code of a one-hot group (rows scattered to their code's sums). The
+//! summation order is fixed by the code, not by the thread or the block it runs in.
 
 /// The two float types the kernels run on: `f64` for the gradient and the objective, `f32`
 /// for the Hessian's products (twice the lanes; the Newton step only needs it approximately,
@@ -77,6 +77,18 @@ fn axpy_dot_portable<T: Real>(a: &[T], b: &[T], out: &mut [T]) -> f64 {
     acc[..lanes].iter().fold(0.0f64, |s, &v| s + v.into()) + tail.into()
 }
 
+#[inline(always)]
+fn scatter_rows_portable(slots: &[u32], weights: &[f32], rows: &[f32], width: usize, acc: &mut [f32]) {
+    for ((&slot, &w), row) in slots.iter().zip(weights).zip(rows.chunks_exact(width)) {
+        let sums = &mut acc[slot as usize * width..(slot as usize + 1) * width];
+        for (s, r) in sums.chunks_exact_mut(8).zip(row.chunks_exact(8)) {
+            for l in 0..8 {
+                s[l] = w.mul_add(r[l], s[l]);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Real;
@@ -91,9 +103,20 @@ mod x86 {
         super::axpy_dot_portable(a, b, out)
     }
 
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn scatter_rows(slots: &[u32], weights: &[f32], rows: &[f32], width: usize, acc: &mut [f32]) {
+        super::scatter_rows_portable(slots, weights, rows, width, acc)
+    }
+
     pub(super) fn available() -> bool {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
     }
+}
+
+/// Whether the processor has AVX2 and FMA (the kernels' fast build).
+#[cfg(target_arch = "x86_64")]
+pub fn avx2_fma() -> bool {
+    x86::available()
 }
 
 /// `Σ aᵢ·bᵢ`, each `bᵢ` widened to `T` (summed in `T`, in a fixed order; the result as `f64`).
@@ -114,6 +137,22 @@ pub fn axpy_dot<T: Real>(a: &[T], b: &[T], out: &mut [T]) -> f64 {
         return unsafe { x86::axpy_dot(a, b, out) };
     }
     axpy_dot_portable(a, b, out)
+}
+
+/// For each row `i` (of `width` values in `rows`, `width` a multiple of 8): adds
+/// `weights[i] · row i` to the `width` sums of its slot, `acc[slots[i]·width..]`, fused, in row
+/// order.
+///
+/// # Panics
+/// When `width` is not a multiple of 8 or a slot is outside `acc`.
+pub fn scatter_rows(slots: &[u32], weights: &[f32], rows: &[f32], width: usize, acc: &mut [f32]) {
+    assert!(width.is_multiple_of(8) && width > 0, "rows of {width} values");
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: the processor has AVX2 and FMA, checked just above.
+        return unsafe { x86::scatter_rows(slots, weights, rows, width, acc) };
+    }
+    scatter_rows_portable(slots, weights, rows, width, acc)
 }
 
 #[cfg(test)]
@@ -137,5 +176,25 @@ mod tests {
         assert_eq!(dot(&a32, &b32), dot_portable(&a32, &b32));
         let mut out32 = vec![0.0f32; 1003];
         assert!((axpy_dot(&a32, &b32, &mut out32) - plain).abs() < 1e-4);
+    }
+
+    #[test]
+    fn scattered_rows_sum_per_slot_and_both_builds_agree() {
+        // 5 rows of 8 values into 3 slots.
+        let rows: Vec<f32> = (0..40).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (slots, weights) = ([2u32, 0, 2, 1, 2], [0.5f32, 2.0, -1.0, 3.0, 0.25]);
+        let mut acc = vec![0.0f32; 24];
+        scatter_rows(&slots, &weights, &rows, 8, &mut acc);
+        for slot in 0..3u32 {
+            for l in 0..8 {
+                let want: f32 = (0..5)
+                    .filter(|&i| slots[i] == slot)
+                    .fold(0.0, |s, i| weights[i].mul_add(rows[i * 8 + l], s));
+                assert_eq!(acc[slot as usize * 8 + l], want, "slot {slot}, lane {l}");
+            }
+        }
+        let mut portable = vec![0.0f32; 24];
+        scatter_rows_portable(&slots, &weights, &rows, 8, &mut portable);
+        assert_eq!(acc, portable);
     }
 }

@@ -68,6 +68,35 @@ impl Matrix {
         }
     }
 
+    /// Column `j` as it is kept: values, or the codes of its one-hot group and its own code.
+    pub fn column(&self, j: usize) -> ColumnRef<'_> {
+        match &self.columns[j] {
+            Column::Dense(v) => ColumnRef::Dense(v),
+            Column::Indicator { codes, code } => ColumnRef::Indicator { codes, code: *code },
+        }
+    }
+
+    /// The columns by kind: the dense ones (in column order), and each one-hot group as its
+    /// codes (one per row) with the column of each code that has one. Arithmetic that knows
+    /// the groups can work on a code per row instead of a value per row and column.
+    pub fn layout(&self) -> Layout<'_> {
+        let mut dense = Vec::new();
+        let mut groups: Vec<(*const Vec<u16>, OneHot<'_>)> = Vec::new();
+        for (j, c) in self.columns.iter().enumerate() {
+            match c {
+                Column::Dense(v) => dense.push((j, v.as_slice())),
+                Column::Indicator { codes, code } => {
+                    let key = Arc::as_ptr(codes);
+                    match groups.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, g)) => g.columns.push((j, *code)),
+                        None => groups.push((key, OneHot { codes, columns: vec![(j, *code)] })),
+                    }
+                }
+            }
+        }
+        Layout { dense, groups: groups.into_iter().map(|(_, g)| g).collect() }
+    }
+
     pub fn get(&self, row: usize, col: usize) -> f32 {
         match &self.columns[col] {
             Column::Dense(v) => v[row],
@@ -118,6 +147,31 @@ impl Matrix {
             .collect();
         Matrix { rows, columns }
     }
+}
+
+/// One column as it is kept (see [`Matrix::column`]).
+#[derive(Debug, Clone, Copy)]
+pub enum ColumnRef<'a> {
+    Dense(&'a [f32]),
+    /// 1 in the rows whose code is `code`, 0 elsewhere.
+    Indicator { codes: &'a [u16], code: u16 },
+}
+
+/// A matrix's columns by kind (see [`Matrix::layout`]).
+#[derive(Debug)]
+pub struct Layout<'a> {
+    /// Column index and values.
+    pub dense: Vec<(usize, &'a [f32])>,
+    pub groups: Vec<OneHot<'a>>,
+}
+
+/// The columns of one one-hot group: column `j` is 1 in the rows whose code is its code.
+/// A code without a column is 0 in every column of the group.
+#[derive(Debug)]
+pub struct OneHot<'a> {
+    pub codes: &'a [u16],
+    /// Column index and code, in column order.
+    pub columns: Vec<(usize, u16)>,
 }
 
 /// Builds a [`Matrix`] a row at a time. The column ranges given as one-hot groups must hold

@@ -6,10 +6,11 @@ mod kernels;
 pub mod logistic;
 pub mod matrix;
 pub mod metrics;
+mod onehot;
 pub mod scorer;
 
 pub use artifact::{HyperParameters, Lineage, Metrics, ModelArtifact};
 pub use logistic::{ClassWeight, FitError, FitOptions, LogisticModel, fit, sigmoid};
-pub use matrix::{Matrix, MatrixBuilder};
+pub use matrix::{ColumnRef, Layout, Matrix, MatrixBuilder, OneHot};
 pub use metrics::{AtThreshold, Evaluation, ThresholdTarget, choose_threshold, evaluate};
 pub use scorer::{Scored, Scorer};
