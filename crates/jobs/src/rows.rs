@@ -130,7 +130,8 @@ impl Rows {
         }
     }
 
-    fn str_of(&self, field: usize, (b, i): (u32, u32)) -> Option<&str> {
+    /// A string field of a row: None when missing.
+    pub fn str_of(&self, field: usize, (b, i): (u32, u32)) -> Option<&str> {
         match &self.columns[b as usize][field] {
             Column::Str(c) if c.is_valid(i as usize) => Some(c.value(i as usize)),
             _ => None,

@@ -16,8 +16,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::kernels::{axpy_dot, dot};
-use super::onehot::{Block, Groups};
 use super::matrix::{ColumnRef, Matrix};
+use super::onehot::{Block, Groups};
 
 /// Rows per block: a block's standardised copy (rows × features × 8 bytes) stays in cache.
 const BLOCK: usize = 2048;
@@ -116,11 +116,22 @@ impl LogisticModel {
         let mut z = vec![self.intercept; x.rows()];
         z.par_chunks_mut(BLOCK).enumerate().for_each(|(k, block)| {
             let start = k * BLOCK;
-            let mut scratch = Vec::new();
+            let rows = start..start + block.len();
             for (j, &c) in self.coefficients.iter().enumerate().take(x.cols()) {
-                let column = x.column_values(j, start..start + block.len(), &mut scratch);
-                for (zi, &v) in block.iter_mut().zip(column) {
-                    *zi += c * v as f64;
+                match x.column(j) {
+                    ColumnRef::Dense(values) => {
+                        for (zi, &v) in block.iter_mut().zip(&values[rows.clone()]) {
+                            *zi += c * v as f64;
+                        }
+                    }
+                    // `c · 0` adds nothing: only the rows of the column's code add `c · 1`.
+                    ColumnRef::Indicator { codes, code } => {
+                        for (zi, &k) in block.iter_mut().zip(&codes[rows.clone()]) {
+                            if k == code {
+                                *zi += c;
+                            }
+                        }
+                    }
                 }
             }
             for zi in block.iter_mut() {
@@ -181,7 +192,15 @@ pub fn fit(x: &Matrix, y: &[u8], options: &FitOptions) -> Result<LogisticModel, 
         let parts: Vec<Sums> = (0..blocks)
             .into_par_iter()
             .map(|b| {
-                block_sums(&shape, y, &means, &stds, beta, (w_neg, w_pos), b * BLOCK..((b + 1) * BLOCK).min(n))
+                block_sums(
+                    &shape,
+                    y,
+                    &means,
+                    &stds,
+                    beta,
+                    (w_neg, w_pos),
+                    b * BLOCK..((b + 1) * BLOCK).min(n),
+                )
             })
             .collect();
         let mut total = Sums { loss: 0.0, weight: 0.0, gradient: vec![0.0; p], hessian: vec![0.0; p * p] };
@@ -629,7 +648,8 @@ mod tests {
         let (means, stds) = standardisation(&compact);
         assert_eq!((means.clone(), stds.clone()), standardisation(&expanded));
         let p = compact.cols() + 1;
-        let beta: Vec<f64> = (0..p).map(|j| if j + 1 == p { -1.5 } else { ((j * 37 % 11) as f64 - 5.0) / 20.0 }).collect();
+        let beta: Vec<f64> =
+            (0..p).map(|j| if j + 1 == p { -1.5 } else { ((j * 37 % 11) as f64 - 5.0) / 20.0 }).collect();
         let (a, b) = (Shape::of(&compact), Shape::of(&expanded));
         assert_eq!(
             (a.dense.len(), a.groups.is_empty(), b.dense.len(), b.groups.is_empty()),
@@ -646,7 +666,12 @@ mod tests {
                 assert!((ga - gb).abs() <= 1e-6 * scale, "{sizes:?}: gradient {k}: {ga} vs {gb}");
             }
             for (k, (ha, hb)) in sa.hessian.iter().zip(&sb.hessian).enumerate() {
-                assert!((ha - hb).abs() <= 1e-5 * scale, "{sizes:?}: hessian ({}, {}): {ha} vs {hb}", k / p, k % p);
+                assert!(
+                    (ha - hb).abs() <= 1e-5 * scale,
+                    "{sizes:?}: hessian ({}, {}): {ha} vs {hb}",
+                    k / p,
+                    k % p
+                );
             }
         }
     }
@@ -675,7 +700,10 @@ mod tests {
         let (a, b) = (fit(&compact, &labels, &options).unwrap(), fit(&dense, &labels, &options).unwrap());
         // The same model to the fit's tolerance: the codes' sums are exact where the expanded
         // columns' use f32-rounded standardised values.
-        assert_eq!((a.means.clone(), a.stds.clone(), a.iterations), (b.means.clone(), b.stds.clone(), b.iterations));
+        assert_eq!(
+            (a.means.clone(), a.stds.clone(), a.iterations),
+            (b.means.clone(), b.stds.clone(), b.iterations)
+        );
         for (x, y) in a.standardized.iter().zip(&b.standardized) {
             assert!((x - y).abs() <= 1e-6, "{a:?}\n{b:?}");
         }

@@ -149,12 +149,93 @@ impl Matrix {
     }
 }
 
+impl Matrix {
+    /// The rows of several matrices of the same columns, interleaved: row `i` is the next row
+    /// of matrix `picks[i]`. The parts are consumed a column at a time, so the whole takes
+    /// about one column more memory than the parts.
+    ///
+    /// # Panics
+    /// When the parts differ in columns or kinds, or `picks` does not take every row of every
+    /// part exactly once.
+    pub fn interleave(parts: Vec<Matrix>, picks: &[u8]) -> Matrix {
+        let mut counts = vec![0usize; parts.len()];
+        for &p in picks {
+            counts[usize::from(p)] += 1;
+        }
+        assert!(
+            parts.iter().zip(&counts).all(|(m, &n)| m.rows == n),
+            "picks take {counts:?} rows of parts of {:?}",
+            parts.iter().map(|m| m.rows).collect::<Vec<_>>()
+        );
+        let cols = parts.first().map_or(0, Matrix::cols);
+        assert!(parts.iter().all(|m| m.cols() == cols), "parts of different widths");
+        let mut parts: Vec<Vec<Option<Column>>> =
+            parts.into_iter().map(|m| m.columns.into_iter().map(Some).collect()).collect();
+        // A group's codes are merged once, for its first column, and shared by the others.
+        let mut merged_codes: Vec<(*const Vec<u16>, Arc<Vec<u16>>)> = Vec::new();
+        let mut columns = Vec::with_capacity(cols);
+        for j in 0..cols {
+            let taken: Vec<Column> =
+                parts.iter_mut().map(|p| p[j].take().expect("each column taken once")).collect();
+            columns.push(match &taken[0] {
+                Column::Dense(_) => {
+                    let values: Vec<&Vec<f32>> = taken
+                        .iter()
+                        .map(|c| match c {
+                            Column::Dense(v) => v,
+                            Column::Indicator { .. } => panic!("column {j} is dense in one part only"),
+                        })
+                        .collect();
+                    Column::Dense(interleave(&values, picks))
+                }
+                Column::Indicator { codes: first, code } => {
+                    let key = Arc::as_ptr(first);
+                    let codes = match merged_codes.iter().find(|(k, _)| *k == key) {
+                        Some((_, done)) => done.clone(),
+                        None => {
+                            let codes: Vec<&Vec<u16>> = taken
+                                .iter()
+                                .map(|c| match c {
+                                    Column::Indicator { codes, .. } => &**codes,
+                                    Column::Dense(_) => panic!("column {j} is one-hot in one part only"),
+                                })
+                                .collect();
+                            let done = Arc::new(interleave(&codes, picks));
+                            merged_codes.push((key, done.clone()));
+                            done
+                        }
+                    };
+                    Column::Indicator { codes, code: *code }
+                }
+            });
+        }
+        Matrix { rows: picks.len(), columns }
+    }
+}
+
+/// `picks.len()` values: the next value of part `picks[i]` each time.
+pub fn interleave<T: Copy>(parts: &[&Vec<T>], picks: &[u8]) -> Vec<T> {
+    let mut at = vec![0usize; parts.len()];
+    picks
+        .iter()
+        .map(|&p| {
+            let p = usize::from(p);
+            let v = parts[p][at[p]];
+            at[p] += 1;
+            v
+        })
+        .collect()
+}
+
 /// One column as it is kept (see [`Matrix::column`]).
 #[derive(Debug, Clone, Copy)]
 pub enum ColumnRef<'a> {
     Dense(&'a [f32]),
     /// 1 in the rows whose code is `code`, 0 elsewhere.
-    Indicator { codes: &'a [u16], code: u16 },
+    Indicator {
+        codes: &'a [u16],
+        code: u16,
+    },
 }
 
 /// A matrix's columns by kind (see [`Matrix::layout`]).
@@ -275,6 +356,38 @@ mod tests {
         assert_eq!(picked.get(1, 1), 1.0);
         assert_eq!(picked.get(1, 2), 0.0);
         assert_eq!(m.slice_rows(1..3).get(0, 3), 1.0);
+    }
+
+    #[test]
+    fn interleaved_parts_are_the_rows_in_the_order_picked() {
+        let rows: Vec<[f32; 4]> = (0..9)
+            .map(|i| {
+                let mut r = [i as f32 * 0.5, 0.0, 0.0, 0.0];
+                r[1 + i % 3] = 1.0;
+                r
+            })
+            .collect();
+        let picks: Vec<u8> = vec![0, 1, 1, 2, 0, 2, 2, 1, 0];
+        let build = |part: Option<u8>| {
+            let mut b = MatrixBuilder::new(4, std::slice::from_ref(&(1..4)), 9);
+            for (r, &p) in rows.iter().zip(&picks) {
+                if part.is_none_or(|q| q == p) {
+                    b.push(r);
+                }
+            }
+            b.finish()
+        };
+        let whole = Matrix::interleave(vec![build(Some(0)), build(Some(1)), build(Some(2))], &picks);
+        assert_eq!(whole, build(None));
+        // The group's columns still share one vector of codes.
+        assert_eq!(whole.layout().groups.len(), 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "picks take")]
+    fn picks_that_miss_a_row_are_refused() {
+        let m = Matrix::from_columns(vec![vec![1.0, 2.0]]);
+        Matrix::interleave(vec![m.clone(), m], &[0, 1, 1]);
     }
 
     #[test]

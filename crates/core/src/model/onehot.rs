@@ -194,8 +194,10 @@ impl<'a> Groups<'a> {
                     let s = slots[m];
                     to.residual[s] += res[cell];
                     to.curvature[s] += cur[cell];
-                    let (from, into) =
-                        (&cross[cell * b.width..(cell + 1) * b.width], &mut to.cross[s * b.width..(s + 1) * b.width]);
+                    let (from, into) = (
+                        &cross[cell * b.width..(cell + 1) * b.width],
+                        &mut to.cross[s * b.width..(s + 1) * b.width],
+                    );
                     into.iter_mut().zip(from).for_each(|(i, f)| *i += f);
                 }
                 for (m2, &h) in members.iter().enumerate().skip(m + 1) {
@@ -214,7 +216,8 @@ impl<'a> Groups<'a> {
                     for &h in others {
                         let nh = self.groups[h].slots();
                         let mut sums = vec![0.0; self.groups[g].slots() * nh];
-                        let (sg, sh) = (self.slots_of(g, &cells[ci], members), self.slots_of(h, &cells[cj], others));
+                        let (sg, sh) =
+                            (self.slots_of(g, &cells[ci], members), self.slots_of(h, &cells[cj], others));
                         for ((&s, &t), &w) in sg.iter().zip(&sh).zip(b.curvature) {
                             sums[s * nh + t] += w;
                         }
@@ -236,7 +239,8 @@ impl<'a> Groups<'a> {
                 // Two columns of one group are never both 1.
                 for (t, c) in g.columns().filter(|&(t, _)| t >= s) {
                     let both = if s == t { sums.curvature[s] } else { 0.0 };
-                    let v = both - means[c] * sums.curvature[s] - m * sums.curvature[t] + m * means[c] * c_all;
+                    let v =
+                        both - means[c] * sums.curvature[s] - m * sums.curvature[t] + m * means[c] * c_all;
                     put(hessian, a, c, v / (sd * stds[c]));
                 }
             }
@@ -246,7 +250,8 @@ impl<'a> Groups<'a> {
             let nh = self.groups[h].slots();
             for (s, a) in self.groups[g].columns() {
                 for (t, c) in self.groups[h].columns() {
-                    let v = sums[s * nh + t] - means[c] * cg[s] - means[a] * ch[t] + means[a] * means[c] * c_all;
+                    let v =
+                        sums[s * nh + t] - means[c] * cg[s] - means[a] * ch[t] + means[a] * means[c] * c_all;
                     put(hessian, a, c, v / (stds[a] * stds[c]));
                 }
             }

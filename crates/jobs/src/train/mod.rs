@@ -402,7 +402,8 @@ fn train_on(
     stages.begin(format!("features of {} rows", rows.order.len()))?;
     let started = Instant::now();
     let slicing = Slicing::new(&rows, &job.settings.config);
-    let (fitted, names, slices) = featurise(&job.schema, &spec, rows, &slicing)?;
+    let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (fitted, names, slices) = featurise(&job.schema, &spec, rows, &slicing, parts)?;
     report.features_s = started.elapsed().as_secs_f64();
     stage_done("features", report.features_s);
     check_slices(&slices, job.settings.config.min_positives)?;
@@ -483,11 +484,17 @@ fn train_on(
 /// Feature statistics from the fitted slice, then every row's features in table order, each
 /// labelled row straight into the matrix of its slice (no matrix of every row to copy the
 /// slices out of: that would hold the features twice).
+///
+/// The rows' features are computed on all cores: the rows are shared out by account (an
+/// account's history stays in one part), each part builds the matrices of its rows in table
+/// order with a history of its own, and the parts are interleaved back into table order —
+/// the same matrices, value for value, as one pass over all rows makes.
 fn featurise(
     schema: &Schema,
     spec: &txpipe_core::features::FeatureSpec,
     rows: Rows,
     slicing: &Slicing,
+    parts: usize,
 ) -> Result<(txpipe_core::features::FittedFeatures, Vec<String>, [Slice; 3])> {
     let mut values = Vec::new();
     let mut fitter = spec.fitter(schema);
@@ -499,20 +506,87 @@ fn featurise(
     }
     let fitted = fitter.finish();
     let features = fitted.bind(schema)?;
-    let width = features.width();
-    let mut sizes = [0usize; 3];
-    for &r in &rows.order {
-        if rows.label_of(r).is_some() {
-            sizes[slicing.of(rows.time_of(r))] += 1;
+    let parts = parts.clamp(1, 8);
+    let split = Split::new(&rows, features.history_fields().get(1).copied(), slicing, parts);
+    let built: Vec<[Slice; 3]> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..parts)
+            .map(|part| {
+                let (rows, features, split) = (&rows, &features, &split);
+                scope.spawn(move || featurise_part(rows, features, slicing, split, part as u8))
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    let mut by_slice: [Vec<Slice>; 3] = Default::default();
+    for part in built {
+        for (all, slice) in by_slice.iter_mut().zip(part) {
+            all.push(slice);
         }
     }
+    let slices = [0, 1, 2].map(|s| {
+        let (matrices, labels): (Vec<model::Matrix>, Vec<Vec<u8>>) =
+            std::mem::take(&mut by_slice[s]).into_iter().unzip();
+        let labels = model::matrix::interleave(&labels.iter().collect::<Vec<_>>(), &split.picks[s]);
+        (model::Matrix::interleave(matrices, &split.picks[s]), labels)
+    });
+    let names = features.names().to_vec();
+    Ok((fitted, names, slices))
+}
+
+/// How the rows are shared out among the parts of [`featurise`].
+struct Split {
+    /// The part of each row of `rows.order`.
+    part: Vec<u8>,
+    /// Per slice, the part of each of its labelled rows in table order.
+    picks: [Vec<u8>; 3],
+    /// Per part, the labelled rows of each slice.
+    sizes: Vec<[usize; 3]>,
+}
+
+impl Split {
+    /// By account when the features read an account's history (`account`), else in runs of
+    /// rows.
+    fn new(rows: &Rows, account: Option<usize>, slicing: &Slicing, parts: usize) -> Split {
+        use std::hash::BuildHasher;
+        let hasher = foldhash::fast::FixedState::with_seed(0x7478_7069_7065);
+        let mut split = Split {
+            part: Vec::with_capacity(rows.order.len()),
+            picks: Default::default(),
+            sizes: vec![[0; 3]; parts],
+        };
+        for (k, &r) in rows.order.iter().enumerate() {
+            let part = match account {
+                Some(a) => (hasher.hash_one(rows.str_of(a, r).unwrap_or("")) % parts as u64) as u8,
+                None => (k / 4096 % parts) as u8,
+            };
+            split.part.push(part);
+            if rows.label_of(r).is_some() {
+                let s = slicing.of(rows.time_of(r));
+                split.picks[s].push(part);
+                split.sizes[usize::from(part)][s] += 1;
+            }
+        }
+        split
+    }
+}
+
+/// The matrices of one part's rows, in table order.
+fn featurise_part(
+    rows: &Rows,
+    features: &txpipe_core::features::Features,
+    slicing: &Slicing,
+    split: &Split,
+    part: u8,
+) -> [Slice; 3] {
+    let width = features.width();
     // A categorical feature's one-hot columns are kept as one code per row (see `Matrix`).
     let groups = features.one_hot_groups();
-    let mut slices: [(MatrixBuilder, Vec<u8>); 3] =
-        sizes.map(|n| (MatrixBuilder::new(width, &groups, n), Vec::with_capacity(n)));
+    let mut slices: [(MatrixBuilder, Vec<u8>); 3] = split.sizes[usize::from(part)]
+        .map(|n| (MatrixBuilder::new(width, &groups, n), Vec::with_capacity(n)));
     let mut history = History::new();
+    let mut values = Vec::new();
     let mut out = vec![0f32; width];
-    for &r in &rows.order {
+    for (&r, _) in rows.order.iter().zip(&split.part).filter(|&(_, &p)| p == part) {
         rows.values_into(r, &mut values);
         features.row(&values, &mut history, &mut out);
         if let Some(y) = rows.label_of(r) {
@@ -521,8 +595,7 @@ fn featurise(
             labels.push(u8::from(y));
         }
     }
-    let names = features.names().to_vec();
-    Ok((fitted, names, slices.map(|(matrix, y)| (matrix.finish(), y))))
+    slices.map(|(matrix, y)| (matrix.finish(), y))
 }
 
 /// Refuses slices that cannot fit or check a model: without labels, with one class, or with
@@ -572,4 +645,108 @@ fn gate(store: &ModelStore, c: &TrainConfig, auc: f64) -> Result<()> {
         tracing::warn!(%why, "publishing anyway (forced)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use txpipe_connectors::delta::arrow::array::{
+        ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+        TimestampMicrosecondArray,
+    };
+
+    use super::*;
+
+    /// `n` events of 60 accounts over 10 days in two batches, a tenth without a label.
+    fn batches(n: usize) -> Vec<RecordBatch> {
+        let at = |i: usize, k: usize| (i * 7919 + k * 104_729) % 1_000_003;
+        let half = n / 2;
+        [0..half, half..n]
+            .into_iter()
+            .map(|rows| {
+                let strings = |f: &dyn Fn(usize) -> String| -> ArrayRef {
+                    Arc::new(StringArray::from(rows.clone().map(f).collect::<Vec<_>>()))
+                };
+                let columns: Vec<(&str, ArrayRef)> = vec![
+                    ("transaction_id", strings(&|i| format!("t{i}"))),
+                    ("account_id", strings(&|i| format!("a{}", at(i, 1) % 60))),
+                    ("merchant_category", strings(&|i| format!("m{}", at(i, 2) % 17))),
+                    ("channel", strings(&|i| ["online", "pos", "atm"][at(i, 3) % 3].to_string())),
+                    ("country", strings(&|i| ["DE", "FR", "NL", "US"][at(i, 4) % 4].to_string())),
+                    ("currency", strings(&|_| "EUR".to_string())),
+                    (
+                        "amount",
+                        Arc::new(Float64Array::from(
+                            rows.clone().map(|i| (at(i, 5) % 5000) as f64 / 10.0).collect::<Vec<_>>(),
+                        )),
+                    ),
+                    (
+                        "event_time",
+                        Arc::new(
+                            TimestampMicrosecondArray::from(
+                                rows.clone()
+                                    .map(|i| 1_780_000_000_000_000 + i as i64 * 864_000_000_000 / n as i64)
+                                    .collect::<Vec<_>>(),
+                            )
+                            .with_timezone("UTC"),
+                        ),
+                    ),
+                    (
+                        "is_fraud",
+                        Arc::new(BooleanArray::from(
+                            rows.clone()
+                                .map(|i| (i % 10 != 3).then_some(at(i, 6) % 13 == 0))
+                                .collect::<Vec<_>>(),
+                        )),
+                    ),
+                    (
+                        "kafka_partition",
+                        Arc::new(Int32Array::from(
+                            rows.clone().map(|i| (at(i, 1) % 60 % 4) as i32).collect::<Vec<_>>(),
+                        )),
+                    ),
+                    (
+                        "kafka_offset",
+                        Arc::new(Int64Array::from(rows.clone().map(|i| i as i64).collect::<Vec<_>>())),
+                    ),
+                ];
+                RecordBatch::try_from_iter(columns).expect("a batch")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn features_computed_in_parts_are_the_features_of_one_pass() {
+        let schema = Schema::default_schema();
+        let spec = FeatureConfig::default().validate(&schema).expect("the default features");
+        let label = schema.label_index().expect("a label");
+        let batches = batches(20_000);
+        let slicing = Slicing {
+            validation_from: 1_780_000_000_000_000 + 6 * 86_400_000_000,
+            holdout_from: 1_780_000_000_000_000 + 8 * 86_400_000_000,
+            time_from: 0,
+            time_to: 0,
+        };
+        let one = featurise(&schema, &spec, Rows::new(&schema, &batches, Some(label)).unwrap(), &slicing, 1)
+            .unwrap();
+        for parts in [2, 3] {
+            let many = featurise(
+                &schema,
+                &spec,
+                Rows::new(&schema, &batches, Some(label)).unwrap(),
+                &slicing,
+                parts,
+            )
+            .unwrap();
+            assert_eq!(many.1, one.1);
+            for (a, b) in many.2.iter().zip(&one.2) {
+                assert!(a.0 == b.0 && a.1 == b.1, "{parts} parts");
+            }
+        }
+        // Labelled rows only, each in its slice; history features among the columns.
+        assert_eq!(one.2.iter().map(|s| s.1.len()).sum::<usize>(), 18_000);
+        assert!(one.2.iter().all(|s| s.0.rows() > 1_000));
+        assert!(one.1.iter().any(|n| n.contains("new_country")), "{:?}", one.1);
+    }
 }
