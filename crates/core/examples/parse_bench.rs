@@ -42,7 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         payloads.iter().filter(|p| serde_json::from_slice::<serde::de::IgnoredAny>(p).is_ok()).count()
     });
     let mut values: Vec<Value<'_>> = Vec::new();
-    let (parse, clean) = best_of_3(|| payloads.iter().filter(|p| parser.parse(p, &mut values).is_ok()).count());
+    let (parse, clean) =
+        best_of_3(|| payloads.iter().filter(|p| parser.parse(p, &mut values).is_ok()).count());
     assert_eq!(clean as u64, rows, "every generated event parses");
     let per = |s: f64| s * 1e9 / rows as f64;
     println!(

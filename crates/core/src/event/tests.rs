@@ -234,3 +234,71 @@ fn a_schema_wider_than_the_stack_slots_parses_every_field() {
     assert_eq!(err.kind, RejectKind::MissingField);
     assert!(err.detail.contains("extra_4"), "{err}");
 }
+
+fn chrono_micros(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_micros())
+}
+
+#[test]
+fn the_common_time_form_is_read_as_chrono_reads_it() {
+    for s in [
+        "2026-11-01T00:00:00.187Z",
+        "2026-11-01T00:00:00Z",
+        "1970-01-01T00:00:00Z",
+        "1969-12-31T23:59:59.999999999Z",
+        "0000-01-01T00:00:00Z",
+        "0000-02-29T12:00:00.5Z",
+        "9999-12-31T23:59:59.123456789Z",
+        "2000-02-29T00:00:00Z",
+        "2024-02-29T08:30:15.000001Z",
+    ] {
+        assert_eq!(utc_fast(s.as_bytes()), chrono_micros(s), "{s}");
+        assert!(utc_fast(s.as_bytes()).is_some(), "{s} is the common form");
+    }
+    // Left to chrono: other separators, offsets, a leap second, more than 9 digits of fraction.
+    for s in [
+        "2026-11-01t00:00:00Z",
+        "2026-11-01 00:00:00Z",
+        "2026-11-01T00:00:00z",
+        "2026-11-01T00:00:00+01:00",
+        "2016-12-31T23:59:60Z",
+        "2026-11-01T00:00:00.1234567891Z",
+    ] {
+        assert_eq!(utc_fast(s.as_bytes()), None, "{s}");
+        assert_eq!(parse_rfc3339(s), chrono_micros(s), "{s}");
+    }
+    // Refused by both.
+    for s in [
+        "2026-02-29T00:00:00Z",
+        "1900-02-29T00:00:00Z",
+        "2026-13-01T00:00:00Z",
+        "2026-11-01T24:00:00Z",
+        "2026-11-01T00:00:00.Z",
+        "2026-11-0aT00:00:00Z",
+    ] {
+        assert_eq!((utc_fast(s.as_bytes()), chrono_micros(s)), (None, None), "{s}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn times_read_directly_are_the_times_chrono_reads(
+        year in 0i64..10_000, month in 0i64..14, day in 0i64..33,
+        hour in 0i64..26, minute in 0i64..62, second in 0i64..62,
+        fraction in proptest::option::of("[0-9]{0,11}"),
+        zone in proptest::sample::select(vec!["Z", "z", "+00:00", "-03:30", ""]),
+    ) {
+        let fraction = fraction.map(|f| format!(".{f}")).unwrap_or_default();
+        let s = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{fraction}{zone}");
+        let fast = utc_fast(s.as_bytes());
+        if fast.is_some() {
+            proptest::prop_assert_eq!(fast, chrono_micros(&s), "{}", s);
+        }
+        proptest::prop_assert_eq!(parse_rfc3339(&s), chrono_micros(&s), "{}", s);
+    }
+
+    #[test]
+    fn any_text_reads_as_chrono_reads_it(s in "[0-9TZ:.+-]{18,31}") {
+        proptest::prop_assert_eq!(parse_rfc3339(&s), chrono_micros(&s), "{}", s);
+    }
+}
