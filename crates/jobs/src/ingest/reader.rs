@@ -32,10 +32,9 @@ const BATCH_ROWS: usize = 16_384;
 const BATCH_BYTES: usize = 16 << 20;
 /// Age at which a partial batch is handed over anyway.
 const BATCH_AGE: Duration = Duration::from_millis(50);
-/// How long one poll waits when nothing came last time.
+/// How long one read of a batch of messages waits when nothing came last time (also the
+/// longest a rebalance waits to be served then).
 const IDLE_POLL: Duration = Duration::from_millis(20);
-/// Messages between two looks at the control channel and the consumer's state.
-const HOUSEKEEPING_EVERY: u32 = 256;
 
 /// Writer → reader.
 pub(super) enum Control {
@@ -297,29 +296,23 @@ impl Reader {
         let mut batch = RawBatch::with_capacity(self.token, self.batch_rows, room);
         let mut generation = self.consumer.generation();
         let mut last_error_log: Option<Instant> = None;
-        // Messages since the control channel and the consumer's state were last looked at.
-        let mut unchecked = HOUSEKEEPING_EVERY;
-        let mut polled_nothing = true;
+        let mut idle = true;
         while !stop.load(Ordering::SeqCst) {
-            if polled_nothing || unchecked >= HOUSEKEEPING_EVERY {
-                unchecked = 0;
-                activity.lag.store(self.consumer.lag(), Ordering::Relaxed);
-                while let Ok(c) = self.control.try_recv() {
-                    match c {
-                        Control::Reseek(token) => {
-                            self.token = token;
-                            batch = RawBatch::with_capacity(token, self.batch_rows, room);
-                            self.reseek()?;
-                        }
-                        Control::Committed(positions) => self.consumer.commit_hint(&positions),
+            activity.lag.store(self.consumer.lag(), Ordering::Relaxed);
+            while let Ok(c) = self.control.try_recv() {
+                match c {
+                    Control::Reseek(token) => {
+                        self.token = token;
+                        batch = RawBatch::with_capacity(token, self.batch_rows, room);
+                        self.reseek()?;
                     }
+                    Control::Committed(positions) => self.consumer.commit_hint(&positions),
                 }
             }
-            unchecked += 1;
-            // While messages flow, ask without waiting (no clock reads in the client).
-            let polled = self.consumer.poll(if polled_nothing { IDLE_POLL } else { Duration::ZERO });
-            // Partitions assigned or revoked inside that poll: nothing is handled before their
-            // positions are known to be good.
+            // Rebalances (and errors) arrive here, without waiting; messages come in batches
+            // below. Partitions assigned or revoked inside this poll: nothing is handled before
+            // their positions are known to be good.
+            let polled = self.consumer.poll(Duration::ZERO);
             let now = self.consumer.generation();
             if now != generation {
                 generation = now;
@@ -341,20 +334,44 @@ impl Reader {
                     activity.assigned.store(true, Ordering::Relaxed);
                 }
             }
-            // The end of a run of messages: idleness counts from here.
-            if polled.is_none() && !polled_nothing {
-                activity.touch();
-            }
-            polled_nothing = polled.is_none();
+            let mut error = None;
+            let mut got = 0;
             match polled {
                 Some(Ok(m)) => {
+                    got += 1;
                     self.read += 1;
-                    if self.read.is_multiple_of(256) {
-                        activity.touch();
-                    }
                     batch.push(m.partition(), m.offset(), m.payload(), self.max_message_bytes);
                 }
-                Some(Err(e @ KafkaError::OffsetsLost { .. })) => {
+                Some(Err(e)) => error = Some(e),
+                None => {}
+            }
+            if error.is_none() {
+                // No more messages than the batch has room for, in count and (at the size of
+                // those so far) in bytes.
+                let per_message = if batch.is_empty() { 256 } else { batch.bytes() / batch.len() };
+                let bytes_left = BATCH_BYTES.saturating_sub(batch.bytes());
+                let room =
+                    self.batch_rows.saturating_sub(batch.len()).min(bytes_left / per_message.max(1)).max(1);
+                // While messages flow, ask without waiting.
+                let wait = if idle && got == 0 { IDLE_POLL } else { Duration::ZERO };
+                let (read, max_bytes) = (&mut self.read, self.max_message_bytes);
+                got += self.consumer.poll_batch(wait, room, |m| match m {
+                    Ok((partition, offset, payload)) => {
+                        *read += 1;
+                        batch.push(partition, offset, payload, max_bytes);
+                    }
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
+                });
+            }
+            // The end of a run of messages: idleness counts from here.
+            if got > 0 || !idle {
+                activity.touch();
+            }
+            idle = got == 0;
+            match error {
+                Some(e @ KafkaError::OffsetsLost { .. }) => {
                     if self.missing == MissingOffsets::Fail {
                         return Err(e.into());
                     }
@@ -364,16 +381,14 @@ impl Reader {
                     self.reseek()?;
                 }
                 // librdkafka reconnects by itself; say so at most every 5 s.
-                Some(Err(e)) if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) => {
+                Some(e) if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) => {
                     tracing::warn!(error = %e, "kafka consumer error (retrying)");
                     last_error_log = Some(Instant::now());
                 }
-                Some(Err(_)) | None => {}
+                Some(_) | None => {}
             }
             let full = batch.len() >= self.batch_rows || batch.bytes() >= BATCH_BYTES;
-            // Reading the clock per message costs more than copying some; look every 256.
-            let look = polled_nothing || batch.len().is_multiple_of(256);
-            let due = look && !batch.is_empty() && batch.since.elapsed() >= BATCH_AGE;
+            let due = !batch.is_empty() && batch.since.elapsed() >= BATCH_AGE;
             if full || due {
                 room = room.max(batch.bytes()).min(BATCH_BYTES);
                 let next = RawBatch::with_capacity(self.token, self.batch_rows, room);
