@@ -1,10 +1,10 @@
 //! What one `poll` per message costs, for BENCHMARKS.md: reads a topic from the beginning with
 //! ingest's fetch settings, partitions assigned directly (no group), in one of two ways, and
-//! touches each payload. `poll`: one `poll` per message, as ingest's reader reads today. `batch`:
-//! every partition's queue forwarded, before any fetch starts, to one queue that is read up to
-//! 1,024 messages at a time (librdkafka's `rd_kafka_consume_batch_queue`); the consumer's own
-//! queue is still polled once per batch, where rebalances would arrive. Run under
-//! `/usr/bin/time` to compare the CPU of the two with kcat's.
+//! touches each payload. `poll`: one `poll` per message, as ingest's reader read before it took
+//! batches. `batch`: every partition's queue forwarded, before any fetch starts, to one queue
+//! that is read up to 1,024 messages at a time (librdkafka's `rd_kafka_consume_batch_queue`),
+//! as the reader reads now; the consumer's own queue is still polled once per batch, where
+//! rebalances would arrive. Run under `/usr/bin/time` to compare the CPU of the two with kcat's.
 //!
 //!     cargo run --release -p txpipe-connectors --example batch_consume -- TOPIC COUNT poll|batch [BROKERS]
 

@@ -182,3 +182,94 @@ async fn a_start_at_latest_keeps_its_place_across_a_rebalance() {
     let positions = common::table_positions(&dir.path().join("clean")).await;
     assert_eq!(positions.len(), 600);
 }
+
+/// The positions a test consumer has read, as an [`OffsetSource`]: after a reassignment each
+/// partition goes on right after the last message read.
+struct ReadSoFar(std::sync::Mutex<std::collections::HashMap<i32, i64>>);
+
+impl txpipe_connectors::kafka::OffsetSource for ReadSoFar {
+    fn stored(&self, partitions: &[i32]) -> Result<std::collections::HashMap<i32, Option<i64>>, String> {
+        let read = self.0.lock().unwrap();
+        Ok(partitions.iter().map(|p| (*p, read.get(p).copied())).collect())
+    }
+    fn pin(
+        &self,
+        positions: &std::collections::HashMap<i32, i64>,
+    ) -> Result<std::collections::HashMap<i32, Option<i64>>, String> {
+        Ok(positions.iter().map(|(p, o)| (*p, Some(*o))).collect())
+    }
+    fn revoking(&self, _: &[i32]) {}
+}
+
+/// Ingest's consumer takes messages in batches from one queue that each partition is forwarded
+/// to when it is assigned. Forced here: a member joins mid-read (every partition is taken away
+/// and half given back) and leaves again (all given back). Every message still comes through the
+/// batches, none through the consumer's own poll, each partition's offsets in order with none
+/// missing or repeated, across both reassignments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_reads_follow_every_reassignment_in_order_and_nothing_comes_another_way() {
+    use txpipe_connectors::kafka::{Consumer as IngestConsumer, MissingOffsets, Positioning, StartAt};
+    let kafka = fresh_topic("batched", 4).await;
+    let count = 40_000;
+    produce_to(&kafka, &ProduceConfig { count, seed: 71, ..ProduceConfig::default() }).await;
+    let source = Arc::new(ReadSoFar(Default::default()));
+    let kafka_config = KafkaConfig {
+        properties: [("partition.assignment.strategy".to_string(), "range".to_string())].into(),
+        ..kafka.clone()
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        let positioning = Positioning { start: StartAt::Earliest, missing: MissingOffsets::Fail };
+        let consumer = IngestConsumer::subscribe(&kafka_config, source.clone(), positioning).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (mut bystander_thread, mut phase, mut total) = (None, 0, 0u64);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while total < count && std::time::Instant::now() < deadline {
+            if let Some(m) = consumer.poll(Duration::ZERO) {
+                panic!(
+                    "a message came through the consumer's own poll: {:?}",
+                    m.map(|m| (m.partition(), m.offset()))
+                );
+            }
+            let assigned = consumer.assigned().len();
+            let _ = consumer.take_events();
+            phase = match phase {
+                0 if total > 0 => {
+                    bystander_thread = Some(bystander(&kafka_config, stop.clone()));
+                    1
+                }
+                1 if assigned > 0 && assigned < 4 => {
+                    stop.store(true, Ordering::SeqCst);
+                    2
+                }
+                2 if assigned == 4 => 3,
+                p => p,
+            };
+            // Slowly until both reassignments happened, so that they fall mid-read.
+            let max = if phase < 3 { 10 } else { 1024 };
+            consumer.poll_batch(Duration::from_millis(20), max, |m| {
+                let (partition, offset, payload) = m.expect("no consume error");
+                assert!(payload.is_some_and(|p| !p.is_empty()));
+                let mut read = source.0.lock().unwrap();
+                let expected = read.get(&partition).map_or(0, |last| last + 1);
+                assert_eq!(
+                    offset, expected,
+                    "partition {partition}: offsets in order, none missing or repeated"
+                );
+                read.insert(partition, offset);
+                total += 1;
+            });
+            if phase < 3 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        let most = bystander_thread.map_or(0, |t| t.join().unwrap());
+        (total, phase, most)
+    })
+    .await
+    .unwrap();
+    let (total, phase, bystander_most) = read;
+    assert_eq!(phase, 3, "a member joined (taking partitions) and left (giving them back) mid-read");
+    assert!(bystander_most > 0, "the member that joined held partitions");
+    assert_eq!(total, count, "every message read once");
+}

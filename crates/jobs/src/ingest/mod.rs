@@ -5,7 +5,7 @@
 //! data and, per Kafka partition, the last offset it covers (`txn` actions), and an
 //! [`IngestReport`].
 //!
-//! Three stages: a reader thread polls the consumer and copies messages into batches
+//! Three stages: a reader thread takes messages from the consumer, many at a time, into batches
 //! (`reader.rs`), a parse thread turns them into Arrow chunks (`parse.rs`), and the writer task
 //! buffers chunks and commits them on max rows, max bytes or max latency (`writer.rs`).
 //! Positions live only in the tables: at every assignment the reader starts each partition

@@ -1,5 +1,6 @@
-//! The reader stage of ingest: one thread that polls the consumer and copies messages into
-//! batches for the parse stage.
+//! The reader stage of ingest: one thread that takes messages from the consumer, up to 1,024 at
+//! a time, and copies them into batches for the parse stage; it polls the consumer's own queue
+//! once a turn, where rebalances arrive.
 //!
 //! In: Kafka messages and partition changes; control messages from the writer (move back to the
 //! table's positions, committed positions as a group-offset hint). Out: [`RawBatch`]es whose
