@@ -311,37 +311,25 @@ impl Reader {
                 }
             }
             // Rebalances (and errors) arrive here, without waiting; messages come in batches
-            // below. Partitions assigned or revoked inside this poll: nothing is handled before
-            // their positions are known to be good.
-            let polled = self.consumer.poll(Duration::ZERO);
+            // below (one would come here only from a partition not forwarded: it is copied).
+            // Partitions assigned or revoked inside this poll: nothing is handled before their
+            // positions are known to be good.
+            let polled = self
+                .consumer
+                .poll(Duration::ZERO)
+                .map(|r| r.map(|m| (m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec))));
             let now = self.consumer.generation();
             if now != generation {
                 generation = now;
-                if let Some(failure) = self.consumer.failure() {
-                    let topic = self.consumer.topic().to_string();
-                    return Err(JobError::Kafka(KafkaError::Position { topic, detail: failure }));
-                }
-                let events = self.consumer.take_events();
-                if let Some(gate) = &self.hooks.assigned
-                    && events.iter().any(|e| matches!(e, PartitionEvent::Assigned { .. }))
-                {
-                    gate.arrive();
-                }
-                apply(&mut self.anchors, &mut self.skipped, events);
-                batch.retain_partitions(|p| self.anchors.contains_key(&p));
-                // New positions may bring input: idleness counts from here.
-                activity.touch();
-                if !self.anchors.is_empty() {
-                    activity.assigned.store(true, Ordering::Relaxed);
-                }
+                self.rebalanced(&mut batch, activity)?;
             }
             let mut error = None;
             let mut got = 0;
             match polled {
-                Some(Ok(m)) => {
+                Some(Ok((partition, offset, payload))) => {
                     got += 1;
                     self.read += 1;
-                    batch.push(m.partition(), m.offset(), m.payload(), self.max_message_bytes);
+                    batch.push(partition, offset, payload.as_deref(), self.max_message_bytes);
                 }
                 Some(Err(e)) => error = Some(e),
                 None => {}
@@ -408,6 +396,29 @@ impl Reader {
             barrier(&self.batches, wait, "leaving the group");
         }
         Ok(self.outcome())
+    }
+
+    /// Takes in the partition changes of a rebalance: the new anchors, and the batch without
+    /// the partitions taken away. A partition that could not be positioned stops the reader.
+    fn rebalanced(&mut self, batch: &mut RawBatch, activity: &Activity) -> Result<()> {
+        if let Some(failure) = self.consumer.failure() {
+            let topic = self.consumer.topic().to_string();
+            return Err(JobError::Kafka(KafkaError::Position { topic, detail: failure }));
+        }
+        let events = self.consumer.take_events();
+        if let Some(gate) = &self.hooks.assigned
+            && events.iter().any(|e| matches!(e, PartitionEvent::Assigned { .. }))
+        {
+            gate.arrive();
+        }
+        apply(&mut self.anchors, &mut self.skipped, events);
+        batch.retain_partitions(|p| self.anchors.contains_key(&p));
+        // New positions may bring input: idleness counts from here.
+        activity.touch();
+        if !self.anchors.is_empty() {
+            activity.assigned.store(true, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn outcome(&self) -> ReaderOutcome {
