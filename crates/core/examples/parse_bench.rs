@@ -30,12 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &schema,
         GeneratorConfig { seed: 3, count: rows, malformed_rate: 0.0, ..Default::default() },
     )?;
-    let (mut payload, mut key) = (Vec::new(), Vec::new());
-    let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(rows as usize);
-    for _ in 0..rows {
-        generator.next_into(&mut payload, &mut key);
-        payloads.push(payload.clone());
-    }
+    let payloads = generator.payloads(rows as usize);
     let bytes: usize = payloads.iter().map(Vec::len).sum();
     let (utf8, _) = best_of_3(|| payloads.iter().filter(|p| std::str::from_utf8(p).is_ok()).count());
     let (skip, _) = best_of_3(|| {

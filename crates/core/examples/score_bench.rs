@@ -22,12 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &schema,
         GeneratorConfig { seed: 3, count: rows, malformed_rate: 0.0, ..Default::default() },
     )?;
-    let (mut payload, mut key) = (Vec::new(), Vec::new());
-    let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(rows as usize);
-    for _ in 0..rows {
-        generator.next_into(&mut payload, &mut key);
-        payloads.push(payload.clone());
-    }
+    let payloads = generator.payloads(rows as usize);
     let mut events: Vec<Vec<Value<'_>>> = Vec::with_capacity(payloads.len());
     for p in &payloads {
         let mut values = Vec::new();

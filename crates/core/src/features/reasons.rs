@@ -491,11 +491,9 @@ mod tests {
         let parser = EventParser::new(schema.clone());
         let config = GeneratorConfig { seed, count, malformed_rate: 0.0, ..Default::default() };
         let mut generator = Generator::new(&schema, config).unwrap();
-        let (mut payload, mut key) = (Vec::new(), Vec::new());
         let mut rows = Vec::new();
-        for _ in 0..count {
-            generator.next_into(&mut payload, &mut key);
-            let text: &'static [u8] = Box::leak(payload.clone().into_boxed_slice());
+        for payload in generator.payloads(count as usize) {
+            let text: &'static [u8] = Box::leak(payload.into_boxed_slice());
             let mut values = Vec::new();
             parser.parse(text, &mut values).unwrap();
             rows.push(values);

@@ -133,6 +133,18 @@ impl Generator {
         let draw = self.world.draw();
         self.renderer.render(&draw, self.world.rng(), payload, key)
     }
+
+    /// The payloads of the next `count` events, each in a buffer of its own (keys and truths
+    /// dropped): sample input for benchmarks and tests.
+    pub fn payloads(&mut self, count: usize) -> Vec<Vec<u8>> {
+        let (mut payload, mut key) = (Vec::new(), Vec::new());
+        (0..count)
+            .map(|_| {
+                self.next_into(&mut payload, &mut key);
+                payload.clone()
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
