@@ -43,6 +43,9 @@ pub struct CommonArgs {
     /// Log format.
     #[arg(long, global = true, env = "TXPIPE_LOG_FORMAT", value_name = "text|json")]
     pub log_format: Option<String>,
+    /// Serve Prometheus metrics at /metrics, and /livez and /readyz, on HOST:PORT (empty: off).
+    #[arg(long, global = true, env = "TXPIPE_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
     /// Also write the job's report as JSON to FILE when it ends (replaced whole; for scripts).
     #[arg(long, global = true, env = "TXPIPE_REPORT_JSON", value_name = "FILE")]
     pub report_json: Option<PathBuf>,

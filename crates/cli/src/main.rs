@@ -18,6 +18,7 @@ use txpipe_jobs::optimize;
 use txpipe_jobs::predict::batch::BatchScore;
 use txpipe_jobs::produce::{self, ProduceJob};
 use txpipe_jobs::score::{self, ScoreJob};
+use txpipe_jobs::telemetry::{Check, Telemetry};
 use txpipe_jobs::train::{self, TrainJob};
 use txpipe_jobs::{JobError, Shutdown};
 
@@ -133,10 +134,11 @@ fn run(cli: Cli) -> Result<()> {
                 hooks: Default::default(),
             };
             let report_json = report;
+            let checks = config.checks("ingest", false);
             let report = runtime()?.block_on(async {
                 let shutdown = Shutdown::new();
                 shutdown.on_signals();
-                ingest::run(job, shutdown).await
+                observed(&config, "ingest", checks, ingest::run(job, shutdown)).await
             })?;
             eprintln!(
                 "ingested {} rows, quarantined {}, in {} commits ({:.1} s); table version {}; {} messages read, {} dropped before commit{}",
@@ -229,10 +231,11 @@ fn run(cli: Cli) -> Result<()> {
                 on_stage: None,
             };
             let Some(every) = every else {
+                let checks = config.checks("train", job.batch.is_some());
                 let outcome = runtime()?.block_on(async {
                     let shutdown = Shutdown::new();
                     shutdown.on_signals();
-                    train::run(job, shutdown).await
+                    observed(&config, "train", checks, train::run(job, shutdown)).await
                 });
                 match outcome {
                     Ok(r) => {
@@ -248,7 +251,8 @@ fn run(cli: Cli) -> Result<()> {
             // On a schedule: each run as above; a failed or refused run is reported and the
             // next one comes; SIGINT/SIGTERM end the loop (after a run in progress).
             let rt = runtime()?;
-            rt.block_on(async {
+            let checks = config.checks("train", job.batch.is_some());
+            let scheduled = async {
                 let shutdown = Shutdown::new();
                 shutdown.on_signals();
                 loop {
@@ -265,15 +269,23 @@ fn run(cli: Cli) -> Result<()> {
                     }
                     let next = started + every;
                     tracing::info!(every = %humantime::format_duration(every), "next training run scheduled");
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(next) => {}
-                        _ = shutdown.wait() => return Ok(()),
+                    // Between runs the schedule is the loop that turns (a run turns at each stage).
+                    let beat = txpipe_jobs::telemetry::Beat::new("train-schedule");
+                    while tokio::time::Instant::now() < next {
+                        beat.turn();
+                        let slice =
+                            (next - tokio::time::Instant::now()).min(std::time::Duration::from_secs(1));
+                        tokio::select! {
+                            _ = tokio::time::sleep(slice) => {}
+                            _ = shutdown.wait() => return Ok(()),
+                        }
                     }
                     if shutdown.is_triggered() {
                         return Ok(());
                     }
                 }
-            })
+            };
+            rt.block_on(async { observed(&config, "train", checks, scheduled).await })
         }
         Command::Score(a) => {
             config.apply_score(&a);
@@ -293,10 +305,11 @@ fn run(cli: Cli) -> Result<()> {
                     ..txpipe_connectors::retry::Backoff::default()
                 },
             };
+            let checks = config.checks("score", true);
             let r = runtime()?.block_on(async {
                 let shutdown = Shutdown::new();
                 shutdown.on_signals();
-                score::run(job, shutdown).await
+                observed(&config, "score", checks, score::run(job, shutdown)).await
             })?;
             eprintln!(
                 "scored {} rows ({} repeats dropped, {} restored into the history{}) into {}.{} in {} inserts ({:.1} s); \
@@ -329,6 +342,25 @@ fn run(cli: Cli) -> Result<()> {
             report.write(&r)
         }
     }
+}
+
+/// Runs a job with its metrics and health served (when `[metrics] addr` is set), until it ends.
+async fn observed<T, E>(
+    config: &Config,
+    job: &'static str,
+    checks: Vec<Check>,
+    work: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, E>
+where
+    E: From<JobError>,
+{
+    let settings = config.metrics.validate().map_err(JobError::Config)?;
+    let telemetry = Telemetry::start(&settings, job, checks).await?;
+    let outcome = work.await;
+    if let Some(t) = telemetry {
+        t.stop().await;
+    }
+    outcome
 }
 
 fn print_train(config: &Config, r: &train::TrainReport) {

@@ -14,6 +14,7 @@ use txpipe_jobs::ingest::IngestConfig;
 use txpipe_jobs::optimize::OptimizeConfig;
 use txpipe_jobs::produce::ProduceConfig;
 use txpipe_jobs::score::ScoreConfig;
+use txpipe_jobs::telemetry::{Check, MetricsConfig};
 use txpipe_jobs::train::TrainConfig;
 
 use crate::args::{CommonArgs, IngestArgs, OptimizeArgs, ProduceArgs, ScoreArgs, TrainArgs};
@@ -53,6 +54,7 @@ impl Default for LogConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     pub kafka: KafkaConfig,
     pub clickhouse: ClickHouseConfig,
     pub tables: TablesConfig,
@@ -79,6 +81,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("models.dir", "model-dir"),
     ("log.level", "log-level"),
     ("log.format", "log-format"),
+    ("metrics.addr", "metrics-addr"),
     ("produce.count", "count"),
     ("produce.rate", "rate"),
     ("produce.seed", "seed"),
@@ -147,6 +150,7 @@ impl Config {
         set(&mut self.clickhouse.database, &a.clickhouse_database);
         set(&mut self.log.level, &a.log_level);
         set(&mut self.log.format, &a.log_format);
+        set(&mut self.metrics.addr, &a.metrics_addr);
     }
 
     /// Puts the produce flags (and environment) over the file.
@@ -215,10 +219,34 @@ impl Config {
         self.kafka.validate().map_err(explain)?;
         self.clickhouse.validate().map_err(explain)?;
         self.tables.validate().map_err(explain)?;
+        self.metrics.validate().map_err(explain)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(explain(txpipe_core::Error::config("log.format", &self.log.format, "text or json")));
         }
         Schema::new(self.schema.clone()).map_err(anyhow::Error::new)
+    }
+}
+
+impl Config {
+    /// The readiness checks of a job: the services it uses.
+    pub fn checks(&self, job: &str, clickhouse: bool) -> Vec<Check> {
+        let table = |name: &'static str, location: &str| Check::Table {
+            name,
+            location: location.to_string(),
+            options: self.tables.storage_options.clone(),
+        };
+        let mut checks = Vec::new();
+        if job == "ingest" || job == "run" {
+            checks.push(Check::Kafka(self.kafka.clone()));
+        }
+        checks.push(table("clean", &self.tables.clean));
+        if job == "ingest" || job == "run" {
+            checks.push(table("quarantine", &self.tables.quarantine));
+        }
+        if clickhouse {
+            checks.push(Check::ClickHouse(self.clickhouse.clone()));
+        }
+        checks
     }
 }
 

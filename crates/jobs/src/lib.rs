@@ -20,6 +20,7 @@ pub mod produce;
 pub mod rows;
 pub mod score;
 mod shutdown;
+pub mod telemetry;
 pub mod train;
 
 pub use shutdown::Shutdown;
@@ -46,8 +47,12 @@ pub enum JobError {
     Io { path: String, source: std::io::Error },
     /// The job ran as asked but will not do its work, and says why (train: no labels, one
     /// class, too few positives, a model under the quality gate).
-    #[error("{0}")]
-    Refused(String),
+    #[error("{why}")]
+    Refused {
+        /// A short stable code of the reason (`no_rows`, `one_class`, `auc_floor`, ...).
+        code: &'static str,
+        why: String,
+    },
     /// The data is not what the job can read: a column of another type than the schema says,
     /// a model file that is not txpipe's, a table that is gone.
     #[error("{what}: {detail}")]
@@ -82,7 +87,7 @@ impl JobError {
                 matches!(source.kind(), ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock)
             }
             JobError::Config(_)
-            | JobError::Refused(_)
+            | JobError::Refused { .. }
             | JobError::Data { .. }
             | JobError::Stopped { .. }
             | JobError::Internal(_) => false,

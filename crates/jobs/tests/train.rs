@@ -132,7 +132,7 @@ async fn the_held_out_auc_is_within_0_005_of_the_truths() {
 
 fn refusal(result: Result<train::TrainReport, JobError>) -> String {
     match result {
-        Err(JobError::Refused(why)) => why,
+        Err(JobError::Refused { why, .. }) => why,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }

@@ -348,6 +348,14 @@ impl Serving {
         Ok(out)
     }
 
+    /// Whether the server answers a query (without the database, which may not exist yet).
+    pub async fn ping(&self) -> Result<()> {
+        let sql = "SELECT 1";
+        let mut cursor = self.server.query(sql).fetch_bytes("TSV").map_err(self.request_err(sql))?;
+        cursor.collect().await.map_err(self.request_err(sql))?;
+        Ok(())
+    }
+
     /// Runs a query and reads its one-line text answer (for checks and summaries).
     pub async fn fetch_text(&self, sql: &str) -> Result<String> {
         let mut cursor = self.client.query(sql).fetch_bytes("TSV").map_err(self.request_err(sql))?;

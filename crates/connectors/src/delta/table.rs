@@ -58,6 +58,21 @@ pub async fn open_existing(location: &str, storage_options: &BTreeMap<String, St
     Ok(table)
 }
 
+/// Whether the table's storage answers, without loading the table: reads the first log entry
+/// and `_last_checkpoint`. Ok(true) when a table is there, Ok(false) when the storage answers
+/// but holds no table (yet); an error when the storage cannot be reached or read.
+pub async fn probe(location: &str, storage_options: &BTreeMap<String, String>) -> Result<bool> {
+    let open_err = |source| DeltaError::Open { location: location.to_string(), source: Box::new(source) };
+    let url = ensure_table_uri(location).map_err(open_err)?;
+    let options: HashMap<String, String> = storage_options.clone().into_iter().collect();
+    let table = deltalake::DeltaTableBuilder::from_url(url)
+        .map_err(open_err)?
+        .with_storage_options(options)
+        .build()
+        .map_err(open_err)?;
+    log::exists(table.log_store().as_ref()).await.map_err(open_err)
+}
+
 /// A table txpipe appends to.
 ///
 /// Appending needs no list of the table's files, only the tail of its log: this handle keeps

@@ -33,6 +33,9 @@ pub struct TailBatch {
     pub rows: usize,
     /// The last version in this batch: every file of every commit up to it has been handed out.
     pub complete_through: Option<u64>,
+    /// When the batch's first commit was made (Unix ms, from its `commitInfo`; None when the
+    /// log does not say).
+    pub first_commit_ms: Option<i64>,
 }
 
 /// The table read as a stream of added files.
@@ -47,6 +50,8 @@ pub struct TableTail {
     /// Read commits not handed out yet: version, added files and their rows (from the files'
     /// statistics; 0 when a file has none).
     pending: VecDeque<(u64, Vec<DataFile>, u64)>,
+    /// When the commits in `pending` were made (Unix ms), as their `commitInfo` says.
+    commit_ms: BTreeMap<u64, i64>,
     max_files: usize,
     max_rows: u64,
     /// The last version to read (None: no end).
@@ -81,6 +86,7 @@ impl TableTail {
             partition_columns: Vec::new(),
             next,
             pending: VecDeque::new(),
+            commit_ms: BTreeMap::new(),
             max_files: max_files.max(1),
             max_rows: max_rows.max(1),
             until: None,
@@ -107,6 +113,7 @@ impl TableTail {
         self.partition_columns = snapshot.metadata().partition_columns().to_vec();
         self.next = version + 1;
         self.pending.clear();
+        self.commit_ms.clear();
         Ok(())
     }
 
@@ -242,6 +249,11 @@ impl TableTail {
                         added.push(DataFile { path, size: add.size, partition_values: add.partition_values });
                     }
                     Action::Metadata(m) => self.partition_columns = m.partition_columns().to_vec(),
+                    Action::CommitInfo(info) => {
+                        if let Some(ms) = info.timestamp {
+                            self.commit_ms.insert(version, ms);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -310,8 +322,12 @@ impl TableTail {
             return Err(err(e));
         }
         let complete_through = commits.last().map(|(v, _, _)| *v);
+        let first_commit_ms = commits.first().and_then(|(v, _, _)| self.commit_ms.get(v).copied());
+        if let Some(last) = complete_through {
+            self.commit_ms = self.commit_ms.split_off(&(last + 1));
+        }
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
-        Ok(Some(TailBatch { batches, files, rows, complete_through }))
+        Ok(Some(TailBatch { batches, files, rows, complete_through, first_commit_ms }))
     }
 }
 

@@ -15,7 +15,7 @@
 //! error by default, or with [`MissingOffsets::Skip`] a warning and a count of the offsets
 //! skipped; a stored position past the end of the partition (topic recreated) is an error.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -113,6 +113,10 @@ pub struct IngestContext {
     assigned: Mutex<BTreeSet<i32>>,
     events: Mutex<Vec<PartitionEvent>>,
     lag: AtomicI64,
+    /// Per assigned partition, messages behind its end, from the last statistics.
+    lags: Mutex<BTreeMap<i32, i64>>,
+    /// Rebalances that failed (librdkafka's rebalance errors).
+    rebalance_errors: AtomicU64,
     failure: Mutex<Option<String>>,
     /// The queue every assigned partition's messages are forwarded to (owned by [`Consumer`];
     /// null once it is gone).
@@ -122,9 +126,17 @@ pub struct IngestContext {
 impl ClientContext for IngestContext {
     fn stats(&self, stats: Statistics) {
         if let Some(t) = stats.topics.get(&self.topic) {
-            let lag: i64 =
-                t.partitions.values().filter(|p| p.partition >= 0).map(|p| p.consumer_lag.max(0)).sum();
-            self.lag.store(lag, Ordering::Relaxed);
+            // -1: not fetched here (not assigned, or no position yet).
+            let lags: BTreeMap<i32, i64> = t
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| (p.partition, p.consumer_lag))
+                .collect();
+            self.lag.store(lags.values().sum(), Ordering::Relaxed);
+            if let Ok(mut l) = self.lags.lock() {
+                *l = lags;
+            }
         }
     }
 }
@@ -159,7 +171,10 @@ impl ConsumerContext for IngestContext {
                 let events = revoked.iter().map(|&partition| PartitionEvent::Revoked { partition });
                 self.record(events, &[], &revoked);
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Error(e) => {
+                self.rebalance_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "rebalance error");
+            }
         }
         // Bumped last: whoever sees the new generation also sees its events (or the failure).
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -371,6 +386,8 @@ impl Consumer {
             assigned: Mutex::new(BTreeSet::new()),
             events: Mutex::new(Vec::new()),
             lag: AtomicI64::new(-1),
+            lags: Mutex::new(BTreeMap::new()),
+            rebalance_errors: AtomicU64::new(0),
             failure: Mutex::new(None),
             fetched: AtomicPtr::new(std::ptr::null_mut()),
         };
@@ -462,6 +479,17 @@ impl Consumer {
     /// handles another message.
     pub fn failure(&self) -> Option<String> {
         self.inner.context().failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Per partition fetched here, messages behind its end (high watermark - next position),
+    /// from the last statistics (every 5 s).
+    pub fn lags(&self) -> BTreeMap<i32, i64> {
+        self.inner.context().lags.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Rebalances that failed so far.
+    pub fn rebalance_errors(&self) -> u64 {
+        self.inner.context().rebalance_errors.load(Ordering::Relaxed)
     }
 
     /// Total lag of the assigned partitions from the last statistics (-1 before the first).

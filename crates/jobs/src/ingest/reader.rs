@@ -8,7 +8,7 @@
 //! stored offset the partition was positioned after, then the last offset handed over), and
 //! barriers that make the writer commit before partitions are taken away.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -24,6 +24,7 @@ use txpipe_core::schema::Schema;
 
 use super::Positions;
 use super::parse::{self, Limits, Raw, RawBatch, Staged};
+use crate::telemetry::{Beat, names};
 use crate::{JobError, Result};
 
 /// Messages per batch handed to the parse stage (fewer when the flush size is smaller).
@@ -264,6 +265,8 @@ pub(super) fn spawn(setup: ReaderSetup) -> Result<ReaderHandle> {
                 token: 0,
                 read: 0,
                 skipped: 0,
+                beat: Beat::new("ingest-reader"),
+                gauges: Gauges::default(),
             };
             reader.run(&setup.stop, &thread_activity)
         })
@@ -288,6 +291,40 @@ struct Reader {
     token: u64,
     read: u64,
     skipped: u64,
+    beat: Beat,
+    gauges: Gauges,
+}
+
+/// The consumer's per-partition lag and rebalance errors, as metrics (updated at most once a
+/// second; the client's statistics come every 5 s).
+#[derive(Default)]
+struct Gauges {
+    /// Partitions whose lag is shown: one no longer fetched here goes to 0.
+    shown: BTreeSet<i32>,
+    at: Option<Instant>,
+    errors: u64,
+}
+
+impl Gauges {
+    fn update(&mut self, consumer: &Consumer) {
+        if self.at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.at = Some(Instant::now());
+        let lags = consumer.lags();
+        for (p, lag) in &lags {
+            metrics::gauge!(names::INGEST_CONSUMER_LAG, "partition" => p.to_string()).set(*lag as f64);
+        }
+        for gone in self.shown.iter().filter(|p| !lags.contains_key(p)) {
+            metrics::gauge!(names::INGEST_CONSUMER_LAG, "partition" => gone.to_string()).set(0.0);
+        }
+        self.shown.extend(lags.keys());
+        let errors = consumer.rebalance_errors();
+        if errors > self.errors {
+            metrics::counter!(names::INGEST_REBALANCES, "kind" => "error").increment(errors - self.errors);
+            self.errors = errors;
+        }
+    }
 }
 
 impl Reader {
@@ -299,6 +336,8 @@ impl Reader {
         let mut last_error_log: Option<Instant> = None;
         let mut idle = true;
         while !stop.load(Ordering::SeqCst) {
+            self.beat.turn();
+            self.gauges.update(&self.consumer);
             activity.lag.store(self.consumer.lag(), Ordering::Relaxed);
             while let Ok(c) = self.control.try_recv() {
                 match c {
@@ -354,6 +393,9 @@ impl Reader {
                     }
                 });
             }
+            if got > 0 {
+                metrics::counter!(names::INGEST_MESSAGES_READ).increment(got as u64);
+            }
             // The end of a run of messages: idleness counts from here.
             if got > 0 || !idle {
                 activity.touch();
@@ -406,6 +448,14 @@ impl Reader {
             return Err(JobError::Kafka(KafkaError::Position { topic, detail: failure }));
         }
         let events = self.consumer.take_events();
+        for (kind, seen) in [
+            ("assign", events.iter().any(|e| matches!(e, PartitionEvent::Assigned { .. }))),
+            ("revoke", events.iter().any(|e| matches!(e, PartitionEvent::Revoked { .. }))),
+        ] {
+            if seen {
+                metrics::counter!(names::INGEST_REBALANCES, "kind" => kind).increment(1);
+            }
+        }
         if let Some(gate) = &self.hooks.assigned
             && events.iter().any(|e| matches!(e, PartitionEvent::Assigned { .. }))
         {
@@ -459,7 +509,7 @@ fn apply(anchors: &mut HashMap<i32, Option<i64>>, skipped_total: &mut u64, event
                 anchors.insert(partition, anchor);
                 *skipped_total += skipped;
                 if skipped > 0 {
-                    metrics::counter!("txpipe_ingest_offsets_skipped_total").increment(skipped);
+                    metrics::counter!(names::INGEST_OFFSETS_SKIPPED).increment(skipped);
                 }
             }
             PartitionEvent::Revoked { partition } => {

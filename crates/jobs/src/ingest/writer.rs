@@ -31,6 +31,7 @@ use txpipe_connectors::retry::Backoff;
 use super::parse::{Chunk, Span, Staged};
 use super::reader::{Activity, Control};
 use super::{Hooks, IngestReport, IngestSettings, Positions};
+use crate::telemetry::{Beat, names};
 use crate::{Result, Shutdown};
 
 /// One partition's offsets in a buffer: `first..=last`, unbroken, following `anchor`.
@@ -153,6 +154,7 @@ pub(super) struct Writer {
     /// A stop asked during a storage outage ends the commit retries (the rows not committed are
     /// read again at the next start: their positions are not in the table).
     shutdown: Shutdown,
+    beat: Beat,
 }
 
 impl Writer {
@@ -182,6 +184,7 @@ impl Writer {
             ledger: Ledger::default(),
             report,
             shutdown,
+            beat: Beat::new("ingest-writer"),
         }
     }
 
@@ -200,7 +203,11 @@ impl Writer {
         let mut stats = tokio::time::interval(self.settings.stats_interval);
         stats.tick().await;
         let mut last_stats = (Instant::now(), 0u64);
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
         loop {
+            self.beat.turn();
+            metrics::gauge!(names::INGEST_BUFFERED_ROWS).set(self.buffer.rows as f64);
+            metrics::gauge!(names::INGEST_BUFFERED_BYTES).set(self.buffer.bytes as f64);
             let deadline = self.buffer.since.map(|s| s + self.settings.flush_latency);
             let idle_check = self.settings.exit_when_idle.map(|_| Duration::from_millis(100));
             tokio::select! {
@@ -209,10 +216,10 @@ impl Writer {
                     None => break,
                 },
                 _ = sleep_until(deadline), if deadline.is_some() => self.flush().await?,
+                _ = heartbeat.tick() => {}
                 _ = stats.tick() => {
                     let (at, written) = last_stats;
                     let rate = (self.report.written - written) as f64 / at.elapsed().as_secs_f64().max(1e-9);
-                    metrics::gauge!("txpipe_ingest_consumer_lag").set(activity.lag() as f64);
                     tracing::info!(
                         lag = activity.lag(),
                         written = self.report.written,
@@ -273,7 +280,7 @@ impl Writer {
     async fn accept(&mut self, chunk: Chunk) -> Result<()> {
         if chunk.token < self.token {
             // Read before the reader moved back to the table's positions.
-            self.report.discarded += chunk.messages;
+            self.discarded(chunk.messages);
             return Ok(());
         }
         if let Some((span, last)) = self.buffer.break_in(&chunk.spans) {
@@ -284,7 +291,7 @@ impl Writer {
                 chunk_after = ?span.anchor,
                 "input does not follow on from the buffer"
             );
-            self.report.discarded += chunk.messages;
+            self.discarded(chunk.messages);
             self.reseek("input does not follow on");
             return Ok(());
         }
@@ -307,6 +314,12 @@ impl Writer {
         Ok(())
     }
 
+    /// Counts messages read and dropped before a commit (they are read again).
+    fn discarded(&mut self, messages: u64) {
+        self.report.discarded += messages;
+        metrics::counter!(names::INGEST_MESSAGES_DISCARDED).increment(messages);
+    }
+
     /// Drops the buffer and moves the reader back to the clean table's positions: chunks read
     /// before that are dropped as they arrive.
     fn reseek(&mut self, why: &str) {
@@ -316,7 +329,7 @@ impl Writer {
             why,
             "dropping uncommitted rows; they will be read again"
         );
-        self.report.discarded += dropped.messages;
+        self.discarded(dropped.messages);
         self.token += 1;
         // The reader stops only after the writer: a closed channel means it failed, and says why.
         let _ = self.control.send(Control::Reseek(self.token));
@@ -343,7 +356,7 @@ impl Writer {
                         "stopping as asked while the table's storage is unreachable: these messages are not \
                          committed, and the next start reads them again"
                     );
-                    self.report.discarded += dropped.messages;
+                    self.discarded(dropped.messages);
                     self.report.stopped_in_outage = true;
                     return Ok(());
                 }
@@ -351,11 +364,13 @@ impl Writer {
                 Err(e) if e.retryable() && self.buffer.can_retry() => {
                     let wait = backoff.delay(attempt);
                     tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, error = %e, "commit failed; keeping the rows and retrying");
-                    metrics::counter!("txpipe_ingest_commit_retries_total").increment(1);
+                    metrics::counter!(names::INGEST_COMMIT_RETRIES).increment(1);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.shutdown.wait() => {}
                     }
+                    // Retrying is the loop turning: the job is alive, its storage is not.
+                    self.beat.turn();
                     attempt += 1;
                 }
                 Err(e) if e.retryable() => {
@@ -364,6 +379,7 @@ impl Writer {
                     return Ok(());
                 }
                 Err(DeltaError::Conflict { location }) => {
+                    metrics::counter!(names::INGEST_COMMIT_CONFLICTS).increment(1);
                     tracing::info!(%location, "the table's positions are not where this buffer follows on");
                     self.reseek("positions moved");
                     return Ok(());
@@ -411,10 +427,11 @@ impl Writer {
         Ok(self.clean.version())
     }
 
-    /// Commits the quarantined rows the quarantine table does not hold yet; returns their count.
-    async fn commit_quarantine(&mut self) -> std::result::Result<usize, DeltaError> {
+    /// Commits the quarantined rows the quarantine table does not hold yet; returns their count
+    /// per reason code.
+    async fn commit_quarantine(&mut self) -> std::result::Result<BTreeMap<String, u64>, DeltaError> {
         if self.buffer.quarantine.iter().all(|b| b.num_rows() == 0) {
-            return Ok(0);
+            return Ok(BTreeMap::new());
         }
         let partitions: Vec<i32> = self.buffer.runs.keys().copied().collect();
         self.quarantine.refresh().await?;
@@ -429,13 +446,13 @@ impl Writer {
             self.report.quarantine_version =
                 Some(self.quarantine.append(&bad, &self.buffer.last(), metadata).await?);
         }
-        Ok(rows)
+        Ok(reasons(&bad))
     }
 
     async fn commit_clean(
         &mut self,
         read_version: Option<u64>,
-        quarantined: usize,
+        quarantined: BTreeMap<String, u64>,
         started: Instant,
     ) -> std::result::Result<(), DeltaError> {
         let files = match (self.buffer.files.take(), self.buffer.clean.take()) {
@@ -450,6 +467,10 @@ impl Writer {
         let good_rows = self.buffer.clean_rows;
         let latency = started.elapsed();
         let buffered_for = self.buffer.since.map(|s| s.elapsed()).unwrap_or_default();
+        for (reason, n) in &quarantined {
+            metrics::counter!(names::INGEST_ROWS_QUARANTINED, "reason" => reason.clone()).increment(*n);
+        }
+        let quarantined: u64 = quarantined.values().sum();
         tracing::debug!(
             version,
             rows = good_rows,
@@ -457,14 +478,14 @@ impl Writer {
             commit_ms = latency.as_millis() as u64,
             "committed"
         );
-        metrics::counter!("txpipe_ingest_rows_written_total").increment(good_rows as u64);
-        metrics::counter!("txpipe_ingest_rows_quarantined_total").increment(quarantined as u64);
-        metrics::counter!("txpipe_ingest_commits_total").increment(1);
-        metrics::histogram!("txpipe_ingest_commit_seconds").record(latency.as_secs_f64());
-        metrics::histogram!("txpipe_ingest_buffer_age_seconds").record(buffered_for.as_secs_f64());
-        metrics::gauge!("txpipe_ingest_table_version").set(version as f64);
+        metrics::counter!(names::INGEST_ROWS_WRITTEN).increment(good_rows as u64);
+        metrics::counter!(names::INGEST_COMMITS).increment(1);
+        metrics::histogram!(names::INGEST_COMMIT_DURATION).record(latency.as_secs_f64());
+        metrics::histogram!(names::INGEST_BUFFER_AGE).record(buffered_for.as_secs_f64());
+        metrics::gauge!(names::INGEST_TABLE_VERSION).set(version as f64);
+        metrics::gauge!(names::INGEST_LAST_COMMIT).set(unix_now());
         self.report.written += good_rows as u64;
-        self.report.quarantined += quarantined as u64;
+        self.report.quarantined += quarantined;
         self.report.commits += 1;
         self.report.clean_version = Some(version);
         let _ = self.control.send(Control::Committed(last.into_iter().collect()));
@@ -488,6 +509,29 @@ impl Writer {
         m.insert("txpipe.messages".into(), self.buffer.messages.into());
         m
     }
+}
+
+/// Rows per reason code (the text before the first `:` of the reason) in quarantine batches.
+fn reasons(batches: &[RecordBatch]) -> BTreeMap<String, u64> {
+    use txpipe_connectors::delta::arrow::array::StringArray;
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let Some(errors) = b.column_by_name("error").and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        else {
+            *out.entry("unknown".to_string()).or_default() += b.num_rows() as u64;
+            continue;
+        };
+        for e in errors.iter().flatten() {
+            let code = e.split(':').next().unwrap_or(e).trim();
+            *out.entry(code.to_string()).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// Now as Unix seconds.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Rows of a quarantine batch whose offset is above what the table holds for their partition.

@@ -106,6 +106,7 @@ impl Run<'_> {
     /// `exit_when_idle`) when nothing came for that long; else says what it waits for (every
     /// `stats_interval`), sleeps `every` and returns true.
     async fn keep_waiting(&self, waiting: &mut Waiting, every: Duration) -> bool {
+        waiting.beat.turn();
         let settings = &self.job.settings;
         let what = waiting.what;
         if self.shutdown.is_triggered() {
@@ -132,11 +133,19 @@ struct Waiting {
     note: &'static str,
     since: Instant,
     said: Option<Instant>,
+    /// Waiting is the loop turning (for `/livez`).
+    beat: crate::telemetry::Beat,
 }
 
 impl Waiting {
     fn new(what: &'static str, note: &'static str) -> Waiting {
-        Waiting { what, note, since: Instant::now(), said: None }
+        Waiting {
+            what,
+            note,
+            since: Instant::now(),
+            said: None,
+            beat: crate::telemetry::Beat::new("score-start"),
+        }
     }
 }
 
@@ -230,7 +239,9 @@ async fn run_into(job: &ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport)
         StartPlan::FromLog { until } => Some(HandedOut::through(until)),
         _ => None,
     };
-    let stream = stream::Stream { run: &run, tail, sink, watch, state, snapshots, catch_up, history_through };
+    let lag = stream::Lag::default();
+    let stream =
+        stream::Stream { run: &run, tail, sink, watch, state, snapshots, catch_up, history_through, lag };
     stream.run(report).await
 }
 

@@ -10,6 +10,7 @@ use txpipe_core::schema::Schema;
 
 use crate::Result;
 use crate::models::ModelStore;
+use crate::telemetry::names;
 
 /// A loaded model: never absent once a [`ModelWatch`] exists.
 pub(super) struct ModelWatch {
@@ -47,10 +48,16 @@ fn look(
     match loaded {
         Ok((artifact, scorer)) => {
             tracing::info!(model = %id, holdout_auc = artifact.metrics.holdout.auc_roc, previous = ?current, "scoring with model");
+            metrics::counter!(names::SCORE_MODEL_LOADS).increment(1);
+            if let Some(old) = current {
+                metrics::gauge!(names::SCORE_MODEL_INFO, "version" => old.to_string()).set(0.0);
+            }
+            metrics::gauge!(names::SCORE_MODEL_INFO, "version" => id.clone()).set(1.0);
             Some((id, scorer))
         }
         Err(e) => {
             tracing::warn!(model = %id, error = %e, current = ?current, "refusing this model; keeping the current one");
+            metrics::counter!(names::SCORE_MODEL_REFUSALS).increment(1);
             *refused = Some(id);
             None
         }
@@ -86,7 +93,6 @@ impl ModelWatch {
         };
         self.id = id;
         self.scorer = scorer;
-        metrics::counter!("txpipe_score_model_changes_total").increment(1);
         true
     }
 

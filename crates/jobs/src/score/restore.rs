@@ -187,7 +187,7 @@ pub(super) async fn score_whole_table(
         work.await.map_err(|e| JobError::Internal(format!("the scoring task: {e}")))??;
     report.scored += scored;
     report.repeats += repeats;
-    metrics::counter!("txpipe_score_rows_scored_total").increment(scored);
+    metrics::counter!(crate::telemetry::names::SCORE_ROWS_SCORED).increment(scored);
     sink.record(base, report).await?;
     Ok(state)
 }

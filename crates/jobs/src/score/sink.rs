@@ -15,6 +15,7 @@ use txpipe_connectors::clickhouse::{ClickHouseError, PredictionRows, SealedRows,
 use txpipe_connectors::retry::Backoff;
 
 use super::report::{Latency, ScoreReport};
+use crate::telemetry::{Beat, names};
 use crate::{JobError, Result, Shutdown};
 
 /// Rows scored and waiting for their insert, and the version they complete.
@@ -63,6 +64,9 @@ pub(super) struct Sink {
     pending: Pending,
     in_flight: Option<JoinHandle<Acked>>,
     latency: Latency,
+    /// Score's loop, for `/livez`: it turns while score streams, restores, or waits for
+    /// ClickHouse to acknowledge.
+    beat: Beat,
 }
 
 impl Sink {
@@ -84,7 +88,13 @@ impl Sink {
             pending: Pending::new(),
             in_flight: None,
             latency: Latency::new(),
+            beat: Beat::new("score"),
         }
+    }
+
+    /// The loop turned.
+    pub(super) fn turned(&self) {
+        self.beat.turn();
     }
 
     pub(super) fn pending(&mut self) -> &mut Pending {
@@ -140,19 +150,19 @@ impl Sink {
             let mut acked = Acked { rows: 0, times, at_us: 0, progress: None, failed: None };
             if !rows.is_empty() {
                 let started = Instant::now();
-                let inserted =
-                    backoff.retry_while("inserting predictions", retryable, go, || serving.insert(&rows));
+                let inserted = backoff
+                    .retry_while("inserting predictions", retryable, go, || counted(serving.insert(&rows)));
                 if let Err(e) = inserted.await {
                     acked.failed = Some(e);
                     return acked;
                 }
-                metrics::histogram!("txpipe_score_insert_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!(names::SCORE_INSERT_DURATION).record(started.elapsed().as_secs_f64());
                 acked.rows = rows.len() as u64;
             }
             acked.at_us = chrono::Utc::now().timestamp_micros();
             if let Some(v) = progress {
                 let recorded = backoff.retry_while("recording progress", retryable, go, || {
-                    serving.record_progress(&location, v)
+                    counted(serving.record_progress(&location, v))
                 });
                 match recorded.await {
                     Ok(()) => acked.progress = Some(v),
@@ -164,6 +174,14 @@ impl Sink {
         Ok(())
     }
 
+    /// Counts the insert in flight if it has been answered (without waiting for it).
+    pub(super) async fn settle_answered(&mut self, report: &mut ScoreReport) -> Result<()> {
+        if self.in_flight.as_ref().is_some_and(|t| t.is_finished()) {
+            self.settle(report).await?;
+        }
+        Ok(())
+    }
+
     /// Whether an insert is under way (sent, not acknowledged yet).
     pub(super) fn inserting(&self) -> bool {
         self.in_flight.as_ref().is_some_and(|t| !t.is_finished())
@@ -171,12 +189,21 @@ impl Sink {
 
     /// Waits for the insert in flight, if any, and counts it.
     pub(super) async fn settle(&mut self, report: &mut ScoreReport) -> Result<()> {
-        let Some(task) = self.in_flight.take() else {
+        let Some(mut task) = self.in_flight.take() else {
             return Ok(());
         };
-        let acked = task.await.map_err(|e| JobError::Internal(format!("the insert task: {e}")))?;
+        // Waiting for ClickHouse (retried while it is away) is the loop turning too.
+        let acked = loop {
+            self.beat.turn();
+            tokio::select! {
+                acked = &mut task => break acked,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        };
+        let acked = acked.map_err(|e| JobError::Internal(format!("the insert task: {e}")))?;
         if acked.rows > 0 {
-            metrics::counter!("txpipe_score_rows_written_total").increment(acked.rows);
+            metrics::counter!(names::SCORE_ROWS_WRITTEN).increment(acked.rows);
+            metrics::counter!(names::SCORE_INSERTS).increment(1);
             report.written += acked.rows;
             report.inserts += 1;
         }
@@ -184,12 +211,12 @@ impl Sink {
             let seconds = (acked.at_us - t) as f64 / 1e6;
             self.latency.add(seconds);
             if seconds < 60.0 {
-                metrics::histogram!("txpipe_score_end_to_end_seconds").record(seconds);
+                metrics::histogram!(names::SCORE_END_TO_END).record(seconds);
             }
         }
         if let Some(v) = acked.progress {
             report.complete_through = Some(v);
-            metrics::gauge!("txpipe_score_complete_through_version").set(v as f64);
+            metrics::gauge!(names::SCORE_COMPLETE_VERSION).set(v as f64);
         }
         match acked.failed {
             Some(e) => Err(e.into()),
@@ -214,6 +241,17 @@ impl Sink {
         report.latency_over_60s = self.latency.over;
         Ok(())
     }
+}
+
+/// A request to ClickHouse, its failure counted (each failure is retried, or ends the run).
+async fn counted<T>(
+    request: impl std::future::Future<Output = std::result::Result<T, ClickHouseError>>,
+) -> std::result::Result<T, ClickHouseError> {
+    let outcome = request.await;
+    if outcome.is_err() {
+        metrics::counter!(names::SCORE_INSERT_ERRORS).increment(1);
+    }
+    outcome
 }
 
 impl Drop for Sink {

@@ -79,6 +79,7 @@ impl Snapshots {
             Ok(bytes) => {
                 self.version = Some(version);
                 report.snapshots += 1;
+                metrics::counter!(crate::telemetry::names::SCORE_STATE_WRITES).increment(1);
                 tracing::info!(
                     version,
                     accounts = history.len(),

@@ -7,6 +7,7 @@
 //! from the log, a commit that turns out unreadable (its file vacuumed after a compaction) makes
 //! the run score the table whole instead.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use txpipe_connectors::delta::{DeltaError, TableTail, TailBatch};
@@ -20,7 +21,41 @@ use super::start::HandedOut;
 use super::{Run, sleep_or_shutdown};
 use crate::predict::{Stamp, Take, predict};
 use crate::rows::Rows;
+use crate::telemetry::names;
 use crate::{JobError, Result};
+
+/// How far score is behind the table, as metrics: the micro-batches handed out and not yet
+/// complete in ClickHouse (their last version, and when their first commit was made).
+#[derive(Default)]
+pub(super) struct Lag {
+    behind: VecDeque<(u64, Option<i64>)>,
+}
+
+impl Lag {
+    fn handed_out(&mut self, batch: &TailBatch) {
+        if let Some(v) = batch.complete_through {
+            self.behind.push_back((v, batch.first_commit_ms));
+        }
+    }
+
+    /// Sets the lag gauges: `newest` is the newest version read from the log.
+    fn show(&mut self, complete: Option<u64>, newest: Option<u64>) {
+        while self.behind.front().is_some_and(|(v, _)| complete.is_some_and(|c| c >= *v)) {
+            self.behind.pop_front();
+        }
+        let versions = match (newest, complete) {
+            (Some(n), Some(c)) => n.saturating_sub(c),
+            (Some(n), None) => n + 1,
+            (None, _) => 0,
+        };
+        let seconds = match self.behind.front() {
+            Some((_, Some(ms))) => (chrono::Utc::now().timestamp_millis() - ms).max(0) as f64 / 1e3,
+            _ => 0.0,
+        };
+        metrics::gauge!(names::SCORE_LAG_VERSIONS).set(versions as f64);
+        metrics::gauge!(names::SCORE_LAG_SECONDS).set(seconds);
+    }
+}
 
 pub(super) struct Stream<'r, 'a> {
     pub run: &'r Run<'a>,
@@ -33,6 +68,7 @@ pub(super) struct Stream<'r, 'a> {
     pub catch_up: Option<HandedOut>,
     /// The last version whose rows are all in the history (None: none yet).
     pub history_through: Option<u64>,
+    pub lag: Lag,
 }
 
 impl Stream<'_, '_> {
@@ -43,6 +79,11 @@ impl Stream<'_, '_> {
         let mut idle_since = Some(Instant::now());
         let mut stats_at = Instant::now();
         while !self.run.shutdown.is_triggered() {
+            self.sink.turned();
+            // An answered insert is counted (and its version recorded) at once, not at the next.
+            self.sink.settle_answered(report).await?;
+            let newest = self.tail.next_version().checked_sub(1);
+            self.lag.show(report.complete_through, newest);
             self.check_model(report);
             let Some(polled) = self.poll(report).await? else { continue };
             let got = polled.is_some();
@@ -173,6 +214,7 @@ impl Stream<'_, '_> {
     /// Scores a micro-batch into the sink's pending rows, off the async runtime.
     fn score(&mut self, batch: TailBatch, report: &mut ScoreReport) -> Result<()> {
         report.micro_batches += 1;
+        self.lag.handed_out(&batch);
         report.largest_micro_batch = report.largest_micro_batch.max(batch.rows as u64);
         let (layout, state) = (&self.run.layout, &mut self.state);
         let scorer = self.watch.scorer_mut();
@@ -204,7 +246,9 @@ impl Stream<'_, '_> {
         }
         report.scored += counts.scored;
         report.repeats += counts.skipped;
-        metrics::counter!("txpipe_score_rows_scored_total").increment(counts.scored);
+        metrics::counter!(names::SCORE_REPEATS).increment(counts.skipped);
+        metrics::gauge!(names::SCORE_HISTORY_ACCOUNTS).set(self.state.history.len() as f64);
+        metrics::counter!(crate::telemetry::names::SCORE_ROWS_SCORED).increment(counts.scored);
         Ok(())
     }
 

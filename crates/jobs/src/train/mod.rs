@@ -198,12 +198,13 @@ pub struct TrainReport {
 }
 
 /// A run that cannot train: no model is published.
-fn refuse(why: impl Into<String>) -> JobError {
-    JobError::Refused(why.into())
+fn refuse(code: &'static str, why: impl Into<String>) -> JobError {
+    JobError::Refused { code, why: why.into() }
 }
 
 /// Logs a stage's time and the process's memory after it (resident now, and the peak so far).
-fn stage_done(stage: &str, seconds: f64) {
+fn stage_done(stage: &'static str, seconds: f64) {
+    metrics::histogram!(crate::telemetry::names::TRAIN_STAGE_DURATION, "stage" => stage).record(seconds);
     match crate::memory() {
         Some((rss, peak)) => {
             tracing::info!(stage, seconds, rss_mb = rss >> 20, peak_rss_mb = peak >> 20, "train stage done")
@@ -223,6 +224,8 @@ struct Stages {
     spinner: indicatif::ProgressBar,
     shutdown: Shutdown,
     hook: Option<StageHook>,
+    /// Turns at each stage (for `/livez`: `metrics.live_within` must exceed the longest stage).
+    beat: crate::telemetry::Beat,
 }
 
 impl Stages {
@@ -237,6 +240,7 @@ impl Stages {
         if let Some(StageHook(hook)) = &self.hook {
             hook(&stage);
         }
+        self.beat.turn();
         self.spinner.set_message(stage);
         Ok(())
     }
@@ -248,18 +252,48 @@ impl Stages {
 pub async fn run(job: TrainJob, shutdown: Shutdown) -> Result<TrainReport> {
     let spec = job.features.validate(&job.schema)?;
     let label = job.schema.label_index().ok_or_else(|| {
-        refuse("the schema has no label field (`schema.label_field`): nothing to learn from")
+        refuse(
+            "no_label_field",
+            "the schema has no label field (`schema.label_field`): nothing to learn from",
+        )
     })?;
     let started = Instant::now();
     let stages = Stages {
         spinner: indicatif::ProgressBar::new_spinner(),
         shutdown: shutdown.clone(),
         hook: job.on_stage.clone(),
+        beat: crate::telemetry::Beat::new("train"),
     };
     stages.spinner.enable_steady_tick(std::time::Duration::from_millis(150));
     let outcome = run_stages(job, spec, label, started, &stages).await;
     stages.spinner.finish_and_clear();
+    count_run(&outcome);
     outcome
+}
+
+/// The run's outcome as metrics: published (with the model's held-out figures), refused (with
+/// the reason's code) or failed; a run stopped as asked counts as none of them.
+fn count_run(outcome: &Result<TrainReport>) {
+    use crate::telemetry::names;
+    let runs =
+        |outcome: &'static str| metrics::counter!(names::TRAIN_RUNS, "outcome" => outcome).increment(1);
+    match outcome {
+        Ok(r) if r.published.is_some() => {
+            runs("published");
+            metrics::gauge!(names::TRAIN_AUC_ROC).set(r.holdout_auc);
+            metrics::gauge!(names::TRAIN_AUC_PR).set(r.holdout_auc_pr);
+            metrics::gauge!(names::TRAIN_ROWS).set(r.rows_used as f64);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            metrics::gauge!(names::TRAIN_LAST_SUCCESS).set(now.as_secs_f64());
+        }
+        Ok(_) => runs("refused"),
+        Err(JobError::Refused { code, .. }) => {
+            runs("refused");
+            metrics::counter!(names::TRAIN_REFUSALS, "reason" => *code).increment(1);
+        }
+        Err(JobError::Stopped { .. }) => {}
+        Err(_) => runs("failed"),
+    }
 }
 
 async fn run_stages(
@@ -279,6 +313,7 @@ async fn run_stages(
         spinner: stages.spinner.clone(),
         shutdown: stages.shutdown.clone(),
         hook: stages.hook.clone(),
+        beat: stages.beat.clone(),
     };
     let mut report =
         tokio::task::spawn_blocking(move || train_on(job, spec, label, projection, started, &worker))
@@ -293,7 +328,10 @@ async fn run_stages(
                 .await
         };
         match scored.await {
-            Ok(b) => report.batch = Some(b),
+            Ok(b) => {
+                stage_done("batch_score", b.seconds);
+                report.batch = Some(b);
+            }
             Err(e) => return Err(JobError::BatchScore { published: id, source: Box::new(e) }),
         }
     }
@@ -331,7 +369,10 @@ async fn read(
     .await?;
     let label_name = &job.schema.fields()[label].name;
     if projection.absent.contains(label_name) {
-        return Err(refuse(format!("the table {} has no label column `{label_name}`", job.tables.clean)));
+        return Err(refuse(
+            "no_label_column",
+            format!("the table {} has no label column `{label_name}`", job.tables.clean),
+        ));
     }
     Ok(projection)
 }
@@ -391,10 +432,10 @@ fn train_on(
     report.rows_read = rows.read;
     report.rows_used = rows.order.len() as u64;
     if rows.order.is_empty() {
-        return Err(refuse(format!(
-            "the table {} (version {}) has no rows",
-            job.tables.clean, report.delta_version
-        )));
+        return Err(refuse(
+            "no_rows",
+            format!("the table {} (version {}) has no rows", job.tables.clean, report.delta_version),
+        ));
     }
     report.read_s = started.elapsed().as_secs_f64();
     stage_done("read", report.read_s);
@@ -418,7 +459,8 @@ fn train_on(
     }
     stages.begin(format!("fitting on {} rows", train.1.len()))?;
     let started = Instant::now();
-    let lr = model::fit(&train.0, &train.1, &job.settings.fit).map_err(|e| refuse(e.to_string()))?;
+    let lr =
+        model::fit(&train.0, &train.1, &job.settings.fit).map_err(|e| refuse("fit_failed", e.to_string()))?;
     report.fit_s = started.elapsed().as_secs_f64();
     stage_done("fit", report.fit_s);
 
@@ -604,22 +646,29 @@ fn check_slices(slices: &[Slice; 3], min_positives: u64) -> Result<()> {
     for (name, (_, y)) in ["fitted", "validation", "held-out"].iter().zip(slices) {
         let positives = y.iter().filter(|&&v| v == 1).count();
         if y.is_empty() {
-            return Err(refuse(format!(
-                "no labelled rows in the {name} slice: nothing to learn from or to check"
-            )));
+            return Err(refuse(
+                "no_labels",
+                format!("no labelled rows in the {name} slice: nothing to learn from or to check"),
+            ));
         }
         if positives == 0 || positives == y.len() {
-            return Err(refuse(format!(
-                "the {name} slice has only one class ({positives} positives of {} labelled rows)",
-                y.len()
-            )));
+            return Err(refuse(
+                "one_class",
+                format!(
+                    "the {name} slice has only one class ({positives} positives of {} labelled rows)",
+                    y.len()
+                ),
+            ));
         }
     }
     let fitted_positives = slices[0].1.iter().filter(|&&v| v == 1).count() as u64;
     if fitted_positives < min_positives {
-        return Err(refuse(format!(
-            "{fitted_positives} positives among the fitted rows, fewer than train.min_positives = {min_positives}"
-        )));
+        return Err(refuse(
+            "too_few_positives",
+            format!(
+                "{fitted_positives} positives among the fitted rows, fewer than train.min_positives = {min_positives}"
+            ),
+        ));
     }
     Ok(())
 }
@@ -629,18 +678,19 @@ fn check_slices(slices: &[Slice; 3], min_positives: u64) -> Result<()> {
 fn gate(store: &ModelStore, c: &TrainConfig, auc: f64) -> Result<()> {
     let current = store.current().ok().flatten();
     let refusal = if auc < c.auc_floor {
-        Some(format!("held-out AUC {auc:.4} is under train.auc_floor = {}", c.auc_floor))
+        Some(("auc_floor", format!("held-out AUC {auc:.4} is under train.auc_floor = {}", c.auc_floor)))
     } else {
         current.as_ref().map(|m| m.metrics.holdout.auc_roc).filter(|&prev| auc < prev - c.max_auc_drop).map(|prev| {
-            format!(
+            let why = format!(
                 "held-out AUC {auc:.4} is worse than the current model's {prev:.4} by more than train.max_auc_drop = {}",
                 c.max_auc_drop
-            )
+            );
+            ("auc_drop", why)
         })
     };
-    if let Some(why) = refusal {
+    if let Some((code, why)) = refusal {
         if !c.force {
-            return Err(refuse(format!("not published: {why} (--force publishes anyway)")));
+            return Err(refuse(code, format!("not published: {why} (--force publishes anyway)")));
         }
         tracing::warn!(%why, "publishing anyway (forced)");
     }
