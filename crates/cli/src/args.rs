@@ -63,6 +63,10 @@ pub enum Command {
     Score(ScoreArgs),
     /// Compact small files of both tables (dataChange=false), then vacuum old files.
     Optimize(OptimizeArgs),
+    /// The whole pipeline from outside: lag per partition, tables, quarantine, score's
+    /// progress, the model, the serving tables. Exit 0 healthy, 1 a stage behind, 2 something
+    /// unreachable.
+    Status(StatusArgs),
     /// Print the effective settings (after file, environment and flags) as TOML.
     Config(ConfigArgs),
 }
@@ -202,6 +206,34 @@ pub struct ScoreArgs {
     /// Delta version.
     #[arg(long, env = "TXPIPE_START", value_name = "WHERE")]
     pub start: Option<String>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct StatusArgs {
+    /// Kafka topic.
+    #[arg(long, env = "TXPIPE_TOPIC", value_name = "T")]
+    pub topic: Option<String>,
+    /// Clean table: path or object-store URL.
+    #[arg(long, env = "TXPIPE_TABLE", value_name = "PATH_OR_URL")]
+    pub table: Option<String>,
+    /// Quarantine table: path or object-store URL.
+    #[arg(long, env = "TXPIPE_QUARANTINE_TABLE", value_name = "PATH")]
+    pub quarantine_table: Option<String>,
+    /// Model directory.
+    #[arg(long, env = "TXPIPE_MODEL_DIR", value_name = "DIR")]
+    pub model_dir: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Ingest is behind when more messages than this are not in the clean table.
+    #[arg(long, env = "TXPIPE_MAX_LAG", value_name = "MESSAGES", default_value_t = 100_000)]
+    pub max_lag: u64,
+    /// Score is behind when its oldest commit not yet in ClickHouse is older than this.
+    #[arg(long, env = "TXPIPE_MAX_SCORE_LAG", value_name = "DURATION", default_value = "5m")]
+    pub max_score_lag: String,
+    /// The model is too old past this age.
+    #[arg(long, env = "TXPIPE_MAX_MODEL_AGE", value_name = "DURATION", default_value = "7d")]
+    pub max_model_age: String,
 }
 
 #[derive(Debug, Args, Default)]

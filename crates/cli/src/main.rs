@@ -22,6 +22,24 @@ use txpipe_jobs::telemetry::{Check, Telemetry};
 use txpipe_jobs::train::{self, TrainJob};
 use txpipe_jobs::{JobError, Shutdown};
 
+/// The exit code `txpipe status` ends with (0 included: it always ends through this).
+#[derive(Debug)]
+struct StatusCode(u8);
+
+impl std::fmt::Display for StatusCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "status {}", self.0)
+    }
+}
+
+impl std::error::Error for StatusCode {}
+
+fn set_if(target: &mut String, value: &Option<String>) {
+    if let Some(v) = value {
+        *target = v.clone();
+    }
+}
+
 /// A failure before any work started: a flag, a setting or the config file.
 #[derive(Debug)]
 struct Usage(anyhow::Error);
@@ -62,6 +80,9 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<StatusCode>().is_some() => {
+            ExitCode::from(e.downcast_ref::<StatusCode>().map_or(1, |c| c.0))
+        }
         Err(e) => {
             eprintln!("error: {e}");
             // Errors that already quote their source are not repeated line by line.
@@ -161,6 +182,35 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             report_json.write(&report)
+        }
+        Command::Status(a) => {
+            set_if(&mut config.kafka.topic, &a.topic);
+            set_if(&mut config.tables.clean, &a.table);
+            set_if(&mut config.tables.quarantine, &a.quarantine_table);
+            set_if(&mut config.models.dir, &a.model_dir);
+            config.validate_common().map_err(usage)?;
+            let limits = txpipe_jobs::status::Limits {
+                max_lag: a.max_lag,
+                max_score_lag: duration_flag("--max-score-lag", &a.max_score_lag).map_err(usage)?,
+                max_model_age: duration_flag("--max-model-age", &a.max_model_age).map_err(usage)?,
+            };
+            init_logging(&config)?;
+            let job = txpipe_jobs::status::StatusJob {
+                kafka: config.kafka.clone(),
+                tables: config.tables.clone(),
+                clickhouse: config.clickhouse.clone(),
+                model_dir: config.models.dir.clone(),
+                target_file_size: config.optimize.target_file_size,
+                limits,
+            };
+            let status = runtime()?.block_on(txpipe_jobs::status::run(&job));
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&status).context("encoding the status")?);
+            } else {
+                print!("{}", txpipe_jobs::status::render(&status));
+            }
+            report.write(&status)?;
+            Err(anyhow::Error::new(StatusCode(status.exit_code)))
         }
         Command::Optimize(a) => {
             config.apply_optimize(&a);

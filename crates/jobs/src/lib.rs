@@ -20,6 +20,7 @@ pub mod produce;
 pub mod rows;
 pub mod score;
 mod shutdown;
+pub mod status;
 pub mod telemetry;
 pub mod train;
 

@@ -20,6 +20,24 @@ use crate::{JobError, Result};
 const POINTER: &str = "CURRENT";
 const VERSIONS: &str = "versions";
 const MODEL_FILE: &str = "model.json";
+const LAST_RUN: &str = "LAST_RUN.json";
+
+/// What the last training run decided, kept beside the versions (`LAST_RUN.json`), for
+/// `txpipe status`: a refused run publishes nothing, so only this says why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LastRun {
+    /// When the run ended (RFC 3339, UTC).
+    pub at: String,
+    /// `published`, `refused` or `failed`.
+    pub outcome: String,
+    /// The refusal's code (`auc_floor`, `one_class`, ...), when refused.
+    pub code: Option<String>,
+    /// Why it was refused or failed.
+    pub detail: Option<String>,
+    /// The version published.
+    pub version: Option<String>,
+    pub holdout_auc: Option<f64>,
+}
 
 /// A model directory.
 #[derive(Debug, Clone)]
@@ -49,6 +67,37 @@ impl ModelStore {
     /// The directory of version `id`.
     pub fn version_dir(&self, id: &str) -> PathBuf {
         self.dir.join(VERSIONS).join(id)
+    }
+
+    /// Records the last training run's decision (written whole, then renamed over the old one).
+    pub fn record_run(&self, run: &LastRun) -> Result<()> {
+        fs::create_dir_all(&self.dir).map_err(|e| JobError::io(&self.dir, e))?;
+        let path = self.dir.join(LAST_RUN);
+        let tmp = self.dir.join(format!(".{LAST_RUN}.tmp"));
+        let text = serde_json::to_vec_pretty(run).map_err(|e| JobError::data(LAST_RUN, e))?;
+        write_synced(&tmp, &text)?;
+        fs::rename(&tmp, &path).map_err(|e| JobError::io(&path, e))
+    }
+
+    /// The last training run's decision, if one was recorded.
+    pub fn last_run(&self) -> Option<LastRun> {
+        let text = fs::read_to_string(self.dir.join(LAST_RUN)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The version ids kept, oldest first.
+    pub fn versions(&self) -> Vec<String> {
+        let mut ids: Vec<String> = fs::read_dir(self.dir.join(VERSIONS))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter(|n| n.parse::<u64>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
     }
 
     /// The id `CURRENT` names, if any.

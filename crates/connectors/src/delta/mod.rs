@@ -34,6 +34,6 @@ pub use errors::DeltaError;
 pub use maintenance::{CompactReport, compact, vacuum};
 pub use read::{DataFile, Projection, data_files, read_columns, read_file, read_rows, string_values};
 pub use rows::{CleanRows, EVENT_DATE, QuarantineRows, arrow_type, clean_schema, quarantine_schema};
-pub use table::{Table, open_existing, probe};
+pub use table::{Table, commit_time, open_existing, probe, transaction_versions};
 pub use tail::{TableTail, TailBatch, has_columns, table_id};
 pub use writer::TableWriter;

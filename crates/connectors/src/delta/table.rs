@@ -73,6 +73,33 @@ pub async fn probe(location: &str, storage_options: &BTreeMap<String, String>) -
     log::exists(table.log_store().as_ref()).await.map_err(open_err)
 }
 
+/// The `txn` versions of `app_ids` in a loaded table (None: the table holds none).
+pub async fn transaction_versions(
+    table: &DeltaTable,
+    location: &str,
+    app_ids: &[String],
+) -> Result<Vec<Option<i64>>> {
+    let read_err = |source| DeltaError::Read { location: location.to_string(), source: Box::new(source) };
+    let snapshot = table.snapshot().map_err(read_err)?;
+    let log_store = table.log_store();
+    let mut out = Vec::with_capacity(app_ids.len());
+    for app_id in app_ids {
+        out.push(snapshot.transaction_version(log_store.as_ref(), app_id.clone()).await.map_err(read_err)?);
+    }
+    Ok(out)
+}
+
+/// When version `version` of a table was committed (Unix ms, from its `commitInfo`); None when
+/// its log entry is gone (cleaned up) or does not say.
+pub async fn commit_time(table: &DeltaTable, location: &str, version: u64) -> Result<Option<i64>> {
+    let read_err = |source| DeltaError::Read { location: location.to_string(), source: Box::new(source) };
+    let actions = log::entry(table.log_store().as_ref(), version).await.map_err(read_err)?;
+    Ok(actions.into_iter().flatten().find_map(|a| match a {
+        Action::CommitInfo(info) => info.timestamp,
+        _ => None,
+    }))
+}
+
 /// A table txpipe appends to.
 ///
 /// Appending needs no list of the table's files, only the tail of its log: this handle keeps

@@ -95,3 +95,38 @@ pub async fn delete_topic(config: &KafkaConfig, topic: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// One partition's offsets: the first still kept (`low`) and the next to be written (`high`,
+/// the end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Watermarks {
+    pub partition: i32,
+    pub low: i64,
+    pub high: i64,
+}
+
+/// The watermarks of every partition of `topic` (None: the topic does not exist). One attempt:
+/// an unreachable broker is an error at once (for a look from outside, such as a status).
+pub async fn watermarks(config: &KafkaConfig, topic: &str) -> Result<Option<Vec<Watermarks>>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        config.client_config(&[]).create().map_err(|source| config.client_error(source))?;
+    let (brokers, topic) = (config.brokers.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let unreachable = |source| KafkaError::Unreachable { brokers: brokers.clone(), source };
+        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)).map_err(unreachable)?;
+        let Some(t) = md.topics().iter().find(|t| t.name() == topic && t.error().is_none()) else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(t.partitions().len());
+        for p in t.partitions() {
+            let (low, high) =
+                consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(5)).map_err(unreachable)?;
+            out.push(Watermarks { partition: p.id(), low, high });
+        }
+        out.sort_by_key(|w| w.partition);
+        Ok(Some(out))
+    })
+    .await
+    .map_err(|e| KafkaError::Topic { topic: String::new(), message: e.to_string() })?
+}

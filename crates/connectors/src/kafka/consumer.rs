@@ -113,8 +113,8 @@ pub struct IngestContext {
     assigned: Mutex<BTreeSet<i32>>,
     events: Mutex<Vec<PartitionEvent>>,
     lag: AtomicI64,
-    /// Per assigned partition, messages behind its end, from the last statistics.
-    lags: Mutex<BTreeMap<i32, i64>>,
+    /// Per partition fetched here, its low and high watermarks, from the last statistics.
+    watermarks: Mutex<BTreeMap<i32, (i64, i64)>>,
     /// Rebalances that failed (librdkafka's rebalance errors).
     rebalance_errors: AtomicU64,
     failure: Mutex<Option<String>>,
@@ -126,16 +126,18 @@ pub struct IngestContext {
 impl ClientContext for IngestContext {
     fn stats(&self, stats: Statistics) {
         if let Some(t) = stats.topics.get(&self.topic) {
-            // -1: not fetched here (not assigned, or no position yet).
-            let lags: BTreeMap<i32, i64> = t
+            let lag: i64 =
+                t.partitions.values().filter(|p| p.partition >= 0).map(|p| p.consumer_lag.max(0)).sum();
+            self.lag.store(lag, Ordering::Relaxed);
+            // -1: not known (the partition is not fetched here).
+            let marks: BTreeMap<i32, (i64, i64)> = t
                 .partitions
                 .values()
-                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                .map(|p| (p.partition, p.consumer_lag))
+                .filter(|p| p.partition >= 0 && p.hi_offset >= 0 && p.lo_offset >= 0)
+                .map(|p| (p.partition, (p.lo_offset, p.hi_offset)))
                 .collect();
-            self.lag.store(lags.values().sum(), Ordering::Relaxed);
-            if let Ok(mut l) = self.lags.lock() {
-                *l = lags;
+            if let Ok(mut w) = self.watermarks.lock() {
+                *w = marks;
             }
         }
     }
@@ -386,7 +388,7 @@ impl Consumer {
             assigned: Mutex::new(BTreeSet::new()),
             events: Mutex::new(Vec::new()),
             lag: AtomicI64::new(-1),
-            lags: Mutex::new(BTreeMap::new()),
+            watermarks: Mutex::new(BTreeMap::new()),
             rebalance_errors: AtomicU64::new(0),
             failure: Mutex::new(None),
             fetched: AtomicPtr::new(std::ptr::null_mut()),
@@ -481,10 +483,10 @@ impl Consumer {
         self.inner.context().failure.lock().ok().and_then(|f| f.clone())
     }
 
-    /// Per partition fetched here, messages behind its end (high watermark - next position),
-    /// from the last statistics (every 5 s).
-    pub fn lags(&self) -> BTreeMap<i32, i64> {
-        self.inner.context().lags.lock().map(|l| l.clone()).unwrap_or_default()
+    /// Per partition fetched here, its low and high watermarks (the first offset kept, the next
+    /// to be written) from the last statistics (every 5 s).
+    pub fn watermarks(&self) -> BTreeMap<i32, (i64, i64)> {
+        self.inner.context().watermarks.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
     /// Rebalances that failed so far.

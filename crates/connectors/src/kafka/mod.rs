@@ -9,7 +9,7 @@ mod consumer;
 mod error;
 mod producer;
 
-pub use admin::{create_topic, delete_topic, ensure_topic, wait_for_broker};
+pub use admin::{Watermarks, create_topic, delete_topic, ensure_topic, wait_for_broker, watermarks};
 pub use config::{HIDDEN, KafkaConfig, is_secret, redact};
 pub use consumer::{Consumer, MissingOffsets, OffsetSource, PartitionEvent, Polled, Positioning, StartAt};
 pub use error::{KafkaError, Result};

@@ -8,7 +8,7 @@
 //! stored offset the partition was positioned after, then the last offset handed over), and
 //! barriers that make the writer commit before partitions are taken away.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -295,8 +295,8 @@ struct Reader {
     gauges: Gauges,
 }
 
-/// The consumer's per-partition lag and rebalance errors, as metrics (updated at most once a
-/// second; the client's statistics come every 5 s).
+/// The per-partition lag (the partition's end, from the client's statistics every 5 s, less
+/// the next position handed over) and the rebalance errors, as metrics, at most once a second.
 #[derive(Default)]
 struct Gauges {
     /// Partitions whose lag is shown: one no longer fetched here goes to 0.
@@ -306,12 +306,19 @@ struct Gauges {
 }
 
 impl Gauges {
-    fn update(&mut self, consumer: &Consumer) {
+    fn update(&mut self, consumer: &Consumer, anchors: &HashMap<i32, Option<i64>>) {
         if self.at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return;
         }
         self.at = Some(Instant::now());
-        let lags = consumer.lags();
+        let marks = consumer.watermarks();
+        let lags: BTreeMap<i32, i64> = anchors
+            .iter()
+            .filter_map(|(p, anchor)| {
+                let (low, high) = marks.get(p)?;
+                Some((*p, (high - anchor.map_or(*low, |a| (a + 1).max(*low))).max(0)))
+            })
+            .collect();
         for (p, lag) in &lags {
             metrics::gauge!(names::INGEST_CONSUMER_LAG, "partition" => p.to_string()).set(*lag as f64);
         }
@@ -337,7 +344,7 @@ impl Reader {
         let mut idle = true;
         while !stop.load(Ordering::SeqCst) {
             self.beat.turn();
-            self.gauges.update(&self.consumer);
+            self.gauges.update(&self.consumer, &self.anchors);
             activity.lag.store(self.consumer.lag(), Ordering::Relaxed);
             while let Ok(c) = self.control.try_recv() {
                 match c {

@@ -265,10 +265,41 @@ pub async fn run(job: TrainJob, shutdown: Shutdown) -> Result<TrainReport> {
         beat: crate::telemetry::Beat::new("train"),
     };
     stages.spinner.enable_steady_tick(std::time::Duration::from_millis(150));
+    let store = ModelStore::new(&job.model_dir);
     let outcome = run_stages(job, spec, label, started, &stages).await;
     stages.spinner.finish_and_clear();
     count_run(&outcome);
+    record_run(&store, &outcome);
     outcome
+}
+
+/// Keeps the run's decision beside the models (a stopped run decided nothing).
+fn record_run(store: &ModelStore, outcome: &Result<TrainReport>) {
+    let mut run = crate::models::LastRun {
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        outcome: "failed".into(),
+        code: None,
+        detail: None,
+        version: None,
+        holdout_auc: None,
+    };
+    match outcome {
+        Ok(r) => {
+            run.outcome = if r.published.is_some() { "published" } else { "refused" }.into();
+            run.version = r.published.clone();
+            run.holdout_auc = Some(r.holdout_auc);
+        }
+        Err(JobError::Refused { code, why }) => {
+            run.outcome = "refused".into();
+            run.code = Some(code.to_string());
+            run.detail = Some(why.clone());
+        }
+        Err(JobError::Stopped { .. }) => return,
+        Err(e) => run.detail = Some(e.to_string()),
+    }
+    if let Err(e) = store.record_run(&run) {
+        tracing::warn!(error = %e, "recording the run's decision beside the models failed");
+    }
 }
 
 /// The run's outcome as metrics: published (with the model's held-out figures), refused (with
