@@ -63,6 +63,9 @@ pub enum Command {
     Score(ScoreArgs),
     /// Compact small files of both tables (dataChange=false), then vacuum old files.
     Optimize(OptimizeArgs),
+    /// Ingest and score in one process (and train on --train-every): one metrics address, one
+    /// shutdown, the same guarantees as the separate jobs.
+    Run(RunArgs),
     /// The whole pipeline from outside: lag per partition, tables, quarantine, score's
     /// progress, the model, the serving tables. Exit 0 healthy, 1 a stage behind, 2 something
     /// unreachable.
@@ -206,6 +209,39 @@ pub struct ScoreArgs {
     /// Delta version.
     #[arg(long, env = "TXPIPE_START", value_name = "WHERE")]
     pub start: Option<String>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// Kafka topic.
+    #[arg(long, env = "TXPIPE_TOPIC", value_name = "T")]
+    pub topic: Option<String>,
+    /// Clean table: path or object-store URL.
+    #[arg(long, env = "TXPIPE_TABLE", value_name = "PATH_OR_URL")]
+    pub table: Option<String>,
+    /// Quarantine table: path or object-store URL.
+    #[arg(long, env = "TXPIPE_QUARANTINE_TABLE", value_name = "PATH")]
+    pub quarantine_table: Option<String>,
+    /// Kafka consumer group.
+    #[arg(long, env = "TXPIPE_GROUP_ID", value_name = "G")]
+    pub group_id: Option<String>,
+    /// Model directory.
+    #[arg(long, env = "TXPIPE_MODEL_DIR", value_name = "DIR")]
+    pub model_dir: Option<String>,
+    /// Stop after SECS seconds without input (score then stops once it has scored the last
+    /// commit).
+    #[arg(long, allow_negative_numbers = true, env = "TXPIPE_EXIT_WHEN_IDLE", value_name = "SECS")]
+    pub exit_when_idle: Option<f64>,
+    /// Where score starts when ClickHouse has no progress for this table: earliest, latest or a
+    /// Delta version.
+    #[arg(long, env = "TXPIPE_START", value_name = "WHERE")]
+    pub start: Option<String>,
+    /// Also train now and on this schedule (30m, 6h, 1d).
+    #[arg(long, env = "TXPIPE_TRAIN_EVERY", value_name = "DURATION")]
+    pub train_every: Option<String>,
+    /// After each training run that publishes, score the history into transactions_batch.
+    #[arg(long, env = "TXPIPE_BATCH_SCORE")]
+    pub batch_score: bool,
 }
 
 #[derive(Debug, Args, Default)]

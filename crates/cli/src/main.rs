@@ -161,27 +161,85 @@ fn run(cli: Cli) -> Result<()> {
                 shutdown.on_signals();
                 observed(&config, "ingest", checks, ingest::run(job, shutdown)).await
             })?;
-            eprintln!(
-                "ingested {} rows, quarantined {}, in {} commits ({:.1} s); table version {}; {} messages read, {} dropped before commit{}",
-                report.written,
-                report.quarantined,
-                report.commits,
-                report.elapsed_s,
-                report.clean_version.map_or("none".to_string(), |v| v.to_string()),
-                report.read,
-                report.discarded,
-                match report.skipped_offsets {
-                    0 => String::new(),
-                    n => format!("; {n} offsets skipped (deleted by retention before they were read)"),
+            print_ingest(&report);
+            report_json.write(&report)
+        }
+        Command::Run(a) => {
+            config.apply_ingest(&args::IngestArgs {
+                topic: a.topic.clone(),
+                table: a.table.clone(),
+                quarantine_table: a.quarantine_table.clone(),
+                group_id: a.group_id.clone(),
+                exit_when_idle: a.exit_when_idle,
+            });
+            config.apply_score(&args::ScoreArgs {
+                table: a.table.clone(),
+                model_dir: a.model_dir.clone(),
+                exit_when_idle: a.exit_when_idle,
+                start: a.start.clone(),
+            });
+            let schema = config.validate_common().map_err(usage)?;
+            let ingest_settings = config.ingest.validate().map_err(explain).map_err(usage)?;
+            let score_settings = config.score.validate().map_err(explain).map_err(usage)?;
+            txpipe_connectors::clickhouse::Serving::columns_for(&schema, config.clickhouse.fields.as_deref())
+                .map_err(|e| usage(e.into()))?;
+            let every = a
+                .train_every
+                .as_deref()
+                .map(|e| duration_flag("--train-every", e))
+                .transpose()
+                .map_err(usage)?;
+            let train = match every {
+                Some(every) => {
+                    let settings = config.train.validate().map_err(explain).map_err(usage)?;
+                    config.features.validate(&schema).map_err(explain).map_err(usage)?;
+                    let job = TrainJob {
+                        settings,
+                        tables: config.tables.clone(),
+                        schema: schema.clone(),
+                        features: config.features.clone(),
+                        model_dir: config.models.dir.clone(),
+                        batch: a.batch_score.then(|| BatchScore::new(config.clickhouse.clone())),
+                        on_stage: None,
+                    };
+                    Some((job, every))
                 }
-            );
-            if report.stopped_in_outage {
+                None if a.batch_score => {
+                    return Err(usage(anyhow::anyhow!(
+                        "--batch-score scores after training: add --train-every"
+                    )));
+                }
+                None => None,
+            };
+            init_logging(&config)?;
+            let job = txpipe_jobs::pipeline::PipelineJob {
+                ingest: IngestJob {
+                    settings: ingest_settings,
+                    kafka: config.kafka.clone(),
+                    tables: config.tables.clone(),
+                    schema: schema.clone(),
+                    hooks: Default::default(),
+                },
+                score: score_job(&config, schema, score_settings),
+                train,
+            };
+            let checks = config.checks("run", true);
+            let r = runtime()?.block_on(async {
+                let shutdown = Shutdown::new();
+                shutdown.on_signals();
+                observed(&config, "run", checks, txpipe_jobs::pipeline::run(job, shutdown)).await
+            })?;
+            print_ingest(&r.ingest);
+            print_score(&config, &r.score);
+            for t in &r.train {
                 eprintln!(
-                    "stopped as asked while the table's storage was unreachable: the messages not committed are read \
-                     again at the next start"
+                    "train: {}{}{}",
+                    t.outcome,
+                    t.published.as_deref().map_or(String::new(), |v| format!(" version {v}")),
+                    t.detail.as_deref().map_or(String::new(), |d| format!(": {d}"))
                 );
             }
-            report_json.write(&report)
+            report.write(&r)
         }
         Command::Status(a) => {
             set_if(&mut config.kafka.topic, &a.topic);
@@ -344,51 +402,14 @@ fn run(cli: Cli) -> Result<()> {
             txpipe_connectors::clickhouse::Serving::columns_for(&schema, config.clickhouse.fields.as_deref())
                 .map_err(|e| usage(e.into()))?;
             init_logging(&config)?;
-            let job = ScoreJob {
-                settings,
-                tables: config.tables.clone(),
-                schema,
-                model_dir: config.models.dir.clone(),
-                clickhouse: config.clickhouse.clone(),
-                backoff: txpipe_connectors::retry::Backoff {
-                    attempts: 0,
-                    ..txpipe_connectors::retry::Backoff::default()
-                },
-            };
+            let job = score_job(&config, schema, settings);
             let checks = config.checks("score", true);
             let r = runtime()?.block_on(async {
                 let shutdown = Shutdown::new();
                 shutdown.on_signals();
                 observed(&config, "score", checks, score::run(job, shutdown)).await
             })?;
-            eprintln!(
-                "scored {} rows ({} repeats dropped, {} restored into the history{}) into {}.{} in {} inserts ({:.1} s); \
-                 complete through Delta version {}; models {}{}",
-                r.scored,
-                r.repeats,
-                r.restored,
-                r.from_snapshot.map_or(String::new(), |v| format!(" after the state file of version {v}")),
-                config.clickhouse.database,
-                txpipe_connectors::clickhouse::REALTIME,
-                r.inserts,
-                r.elapsed_s,
-                r.complete_through.map_or("none".to_string(), |v| v.to_string()),
-                if r.models.is_empty() { "none".to_string() } else { r.models.join(", ") },
-                match (r.latency_p50_s, r.latency_p99_s) {
-                    (Some(p50), Some(p99)) => format!(
-                        "; event time to queryable p50 {p50:.3} s, p99 {p99:.3} s ({} rows more than a minute late)",
-                        r.latency_over_60s
-                    ),
-                    _ => String::new(),
-                }
-            );
-            if r.stopped_in_outage {
-                eprintln!(
-                    "stopped as asked while ClickHouse was unreachable: {} rows scored were not written; the next \
-                     start scores them again from the resume point",
-                    r.scored.saturating_sub(r.written)
-                );
-            }
+            print_score(&config, &r);
             report.write(&r)
         }
     }
@@ -411,6 +432,80 @@ where
         t.stop().await;
     }
     outcome
+}
+
+fn print_ingest(report: &txpipe_jobs::ingest::IngestReport) {
+    eprintln!(
+        "ingested {} rows, quarantined {}, in {} commits ({:.1} s); table version {}; {} messages read, {} dropped before commit{}",
+        report.written,
+        report.quarantined,
+        report.commits,
+        report.elapsed_s,
+        report.clean_version.map_or("none".to_string(), |v| v.to_string()),
+        report.read,
+        report.discarded,
+        match report.skipped_offsets {
+            0 => String::new(),
+            n => format!("; {n} offsets skipped (deleted by retention before they were read)"),
+        }
+    );
+    if report.stopped_in_outage {
+        eprintln!(
+            "stopped as asked while the table's storage was unreachable: the messages not committed are read \
+             again at the next start"
+        );
+    }
+}
+
+fn print_score(config: &Config, r: &txpipe_jobs::score::ScoreReport) {
+    eprintln!(
+        "scored {} rows ({} repeats dropped, {} restored into the history{}) into {}.{} in {} inserts ({:.1} s); \
+         complete through Delta version {}; models {}{}",
+        r.scored,
+        r.repeats,
+        r.restored,
+        r.from_snapshot.map_or(String::new(), |v| format!(" after the state file of version {v}")),
+        config.clickhouse.database,
+        txpipe_connectors::clickhouse::REALTIME,
+        r.inserts,
+        r.elapsed_s,
+        r.complete_through.map_or("none".to_string(), |v| v.to_string()),
+        if r.models.is_empty() { "none".to_string() } else { r.models.join(", ") },
+        match (r.latency_p50_s, r.latency_p99_s) {
+            (Some(p50), Some(p99)) => format!(
+                "; event time to queryable p50 {p50:.3} s, p99 {p99:.3} s ({} rows more than a minute late)",
+                r.latency_over_60s
+            ),
+            _ => String::new(),
+        }
+    );
+    if r.stopped_in_outage {
+        eprintln!(
+            "stopped as asked while ClickHouse was unreachable: {} rows scored were not written; the next \
+             start scores them again from the resume point",
+            r.scored.saturating_sub(r.written)
+        );
+    }
+}
+
+/// Score's job from the settings (ClickHouse retried for as long as it is away).
+fn score_job(
+    config: &Config,
+    schema: txpipe_core::schema::Schema,
+    settings: txpipe_jobs::score::ScoreSettings,
+) -> ScoreJob {
+    ScoreJob {
+        settings,
+        tables: config.tables.clone(),
+        schema,
+        model_dir: config.models.dir.clone(),
+        clickhouse: config.clickhouse.clone(),
+        backoff: txpipe_connectors::retry::Backoff {
+            attempts: 0,
+            ..txpipe_connectors::retry::Backoff::default()
+        },
+        upstream: None,
+    }
 }
 
 fn print_train(config: &Config, r: &train::TrainReport) {

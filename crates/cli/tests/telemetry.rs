@@ -473,3 +473,71 @@ fn status_says_healthy_behind_or_unreachable_and_follows_ingest_stopping_and_res
     assert_eq!(down["clean"]["state"], "ok");
     clickhouse(&format!("DROP DATABASE {database}"));
 }
+
+#[test]
+fn run_ingests_and_scores_in_one_process_every_transaction_once_with_one_metrics_address() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("run");
+    let database = format!("test_run_{}", std::process::id());
+    std::fs::write(
+        dir.path().join("txpipe.toml"),
+        format!(
+            "[kafka]\ntopic = \"{topic}\"\n[clickhouse]\ndatabase = \"{database}\"\n[ingest]\nflush_rows = 1000\n\
+             [train]\nforce = true\n"
+        ),
+    )
+    .unwrap();
+    run_ok(txpipe(dir.path(), &["produce", "--count", "4000", "--seed", "61"]), "produce");
+    run_ok(txpipe(dir.path(), &["ingest", "--exit-when-idle", "2"]), "ingest");
+    run_ok(txpipe(dir.path(), &["train"]), "train");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = dir.path().join("run.log");
+    let args = [
+        "run",
+        "--exit-when-idle",
+        "4",
+        "--train-every",
+        "1h",
+        "--metrics-addr",
+        &addr,
+        "--report-json",
+        "run.json",
+    ];
+    let mut run = spawn(txpipe(dir.path(), &args), &log);
+    // Events keep coming while it runs.
+    let produce =
+        ["produce", "--count", "3000", "--rate", "1000", "--seed", "62", "--malformed-rate", "0.01"];
+    run_ok(txpipe(dir.path(), &produce), "produce while running");
+    let last = scrape_until(port, Duration::from_secs(90), "run ingests and scores", |s| {
+        s.sum(names::INGEST_ROWS_WRITTEN).unwrap_or(0.0)
+            + s.sum(names::INGEST_ROWS_QUARANTINED).unwrap_or(0.0)
+            == 3000.0
+            && s.sum(names::SCORE_ROWS_WRITTEN) == s.sum(names::INGEST_ROWS_WRITTEN).map(|w| w + 4000.0)
+            && s.sum(names::INGEST_CONSUMER_LAG).is_some()
+            && s.value(names::TRAIN_RUNS, ("outcome", "published")) == Some(1.0)
+    });
+    let mut missing = last.missing("ingest");
+    missing.extend(last.missing("score"));
+    missing.extend(last.missing("train"));
+    assert_eq!(missing, Vec::<String>::new(), "one address shows both jobs' metrics");
+    assert_eq!(last.value("txpipe_up", ("job", "run")), Some(1.0));
+    let body = until_status(port, "/readyz", 200, Duration::from_secs(20));
+    assert!(body.contains("kafka") && body.contains("clickhouse"), "{body}");
+    let status = run.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("ingested ") && err.contains("scored "), "both summaries: {err}");
+    let r = report(&dir.path().join("run.json"));
+    assert_eq!(r["train"][0]["outcome"], "published", "the schedule's first run, at the start: {r:#}");
+    assert_eq!(r["train"].as_array().unwrap().len(), 1, "the next is an hour later: {r:#}");
+    let written = r["ingest"]["written"].as_u64().unwrap();
+    assert_eq!(written + r["ingest"]["quarantined"].as_u64().unwrap(), 3000);
+    assert_eq!(r["score"]["written"].as_u64().unwrap(), written + 4000, "the history, then every live row");
+    let served = clickhouse(&format!(
+        "SELECT count(), uniqExact(transaction_id) FROM {database}.transactions_serving"
+    ));
+    assert_eq!(served, format!("{0}\t{0}", written + 4000));
+    clickhouse(&format!("DROP DATABASE {database}"));
+}

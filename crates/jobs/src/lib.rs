@@ -15,6 +15,7 @@
 pub mod ingest;
 pub mod models;
 pub mod optimize;
+pub mod pipeline;
 pub mod predict;
 pub mod produce;
 pub mod rows;

@@ -84,6 +84,7 @@ fn score_job_with(
         model_dir: dir.join("models").display().to_string(),
         clickhouse: clickhouse.clone(),
         backoff: Backoff::default(),
+        upstream: None,
     }
 }
 

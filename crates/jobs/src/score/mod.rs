@@ -70,6 +70,16 @@ pub struct ScoreJob {
     pub clickhouse: ClickHouseConfig,
     /// How long ClickHouse may stay away before the run gives up (attempts 0: never).
     pub backoff: Backoff,
+    /// What feeds the table, when it runs in the same process (`txpipe run`): `exit_when_idle`
+    /// counts only from when it has ended, so that its last commit is scored.
+    pub upstream: Option<Shutdown>,
+}
+
+impl ScoreJob {
+    /// Whether idleness may end the run now (nothing upstream is still writing).
+    fn idle_counts(&self) -> bool {
+        self.upstream.as_ref().is_none_or(Shutdown::is_triggered)
+    }
 }
 
 /// What every stage of a run shares.
@@ -111,6 +121,9 @@ impl Run<'_> {
         let what = waiting.what;
         if self.shutdown.is_triggered() {
             return false;
+        }
+        if !self.job.idle_counts() {
+            waiting.since = Instant::now();
         }
         if settings.exit_when_idle.is_some_and(|idle| waiting.since.elapsed() >= idle) {
             tracing::info!(location = %self.location, model_dir = %self.job.model_dir, "{what}; stopping (exit-when-idle)");

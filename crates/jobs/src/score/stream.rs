@@ -119,6 +119,10 @@ impl Stream<'_, '_> {
             if idle_since.is_some() && self.sink.inserting() {
                 idle_since = Some(Instant::now());
             }
+            // Idleness counts once nothing upstream still writes (a poll after its last commit).
+            if !self.run.job.idle_counts() && idle_since.is_some() {
+                idle_since = Some(Instant::now());
+            }
             if let Some(idle) = settings.exit_when_idle
                 && idle_since.is_some_and(|t| t.elapsed() >= idle)
                 && self.sink.pending().rows.is_empty()

@@ -154,13 +154,16 @@ fn known_labels(metric: &str) -> Vec<&'static str> {
     }
 }
 
-/// Gives Prometheus the help text of `job`'s metrics and of the process's, and registers them:
+/// Gives Prometheus the help text of `job`'s metrics (`run`: ingest's, score's and train's)
+/// and of the process's, and registers them:
 /// counters at zero (labelled ones with their known values), histograms empty. Gauges appear
 /// once their job knows the value (a table version of 0 before the first commit would be
 /// wrong).
 pub fn describe(job: &str) {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    for m in ALL.iter().filter(|m| m.job == job || m.job == "process") {
+    // `run` holds ingest, score and train.
+    let ours = |m: &&Metric| m.job == job || m.job == "process" || (job == "run" && m.job != "process");
+    for m in ALL.iter().filter(ours) {
         match m.kind {
             Kind::Counter => describe_counter!(m.name, m.help),
             Kind::Gauge => describe_gauge!(m.name, m.help),
