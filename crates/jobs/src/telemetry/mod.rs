@@ -175,8 +175,11 @@ async fn check_loop(checks: Vec<Check>, every: Duration, state: Arc<State>, stop
             _ = stop.wait() => return,
         }
         let now = readiness(&checks, every).await;
-        for c in now.checks.iter().filter(|c| !c.ok) {
-            tracing::warn!(check = %c.name, detail = %c.detail, "readiness check failed");
+        for c in &now.checks {
+            metrics::gauge!(names::CHECK_READY, "check" => c.name.clone()).set(if c.ok { 1.0 } else { 0.0 });
+            if !c.ok {
+                tracing::warn!(check = %c.name, detail = %c.detail, "readiness check failed");
+            }
         }
         if let Ok(mut r) = state.ready.lock() {
             *r = now;

@@ -125,6 +125,8 @@ catalogue! {
         "Unix time the process started.";
     PROCESS_UP = "txpipe_up", Gauge, ["job"], "process",
         "1 while the job runs (its name in the label).";
+    CHECK_READY = "txpipe_check_ready", Gauge, ["check"], "process",
+        "1 while the service a readiness check asks answers, else 0 (what /readyz shows, per check).";
 }
 
 /// The label values registered at zero before they first occur, so that rates and alerts work
