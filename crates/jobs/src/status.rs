@@ -271,7 +271,7 @@ async fn clean_table(job: &StatusJob, table: &Opened) -> Part<TableStatus> {
         Ok(t) => t,
         Err(part) => return part,
     };
-    let version = table.version().unwrap_or(0) as u64;
+    let version = table.version().unwrap_or(0);
     let files = match delta::data_files(table) {
         Ok(f) => f,
         Err(e) => return Part::unreachable(e),
@@ -359,7 +359,7 @@ async fn score(job: &StatusJob, table: &Opened) -> Part<ScoreStatus> {
         Ok(t) => t,
         Err(part) => return part,
     };
-    let table_version = table.version().unwrap_or(0) as u64;
+    let table_version = table.version().unwrap_or(0);
     let serving = Serving::new(&job.clickhouse, Vec::new());
     let progress = match serving.progress(location).await {
         Ok(p) => p,

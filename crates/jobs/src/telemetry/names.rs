@@ -164,7 +164,7 @@ fn known_labels(metric: &str) -> Vec<&'static str> {
 pub fn describe(job: &str) {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     // `run` holds ingest, score and train.
-    let ours = |m: &&Metric| m.job == job || m.job == "process" || (job == "run" && m.job != "process");
+    let ours = |m: &&Metric| job == "run" || m.job == job || m.job == "process";
     for m in ALL.iter().filter(ours) {
         match m.kind {
             Kind::Counter => describe_counter!(m.name, m.help),
