@@ -80,6 +80,8 @@ pub struct IngestStatus {
     pub topic: String,
     pub partitions: Vec<PartitionLag>,
     pub lag: u64,
+    /// Seconds since the clean table's newest commit (ingest's, or a compaction's; None: no table).
+    pub last_commit_age_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,14 +237,16 @@ async fn ingest(job: &StatusJob, table: &Opened) -> Part<IngestStatus> {
         Err(e) => return Part::unreachable(job.kafka.scrub(&e.to_string())),
     };
     let location = &job.tables.clean;
-    let committed: Vec<Option<i64>> = match table {
-        Opened::Absent(_) => vec![None; marks.len()],
+    let (committed, last_commit_age_s): (Vec<Option<i64>>, Option<f64>) = match table {
+        Opened::Absent(_) => (vec![None; marks.len()], None),
         Opened::Unreachable(e) => return Part::unreachable(e),
         Opened::Table(table) => {
             let prefix = crate::ingest::app_prefix(&topic);
             let ids: Vec<String> = marks.iter().map(|m| format!("{prefix}-{}", m.partition)).collect();
+            let newest =
+                delta::commit_time(table, location, table.version().unwrap_or(0)).await.ok().flatten();
             match delta::transaction_versions(table, location, &ids).await {
-                Ok(v) => v,
+                Ok(v) => (v, newest.map(|ms| (now_ms() - ms).max(0) as f64 / 1e3)),
                 Err(e) => return Part::unreachable(e),
             }
         }
@@ -262,7 +266,7 @@ async fn ingest(job: &StatusJob, table: &Opened) -> Part<IngestStatus> {
         })
         .collect();
     let lag = partitions.iter().map(|p| p.lag).sum();
-    Part::ok(IngestStatus { topic, partitions, lag })
+    Part::ok(IngestStatus { topic, partitions, lag, last_commit_age_s })
 }
 
 async fn clean_table(job: &StatusJob, table: &Opened) -> Part<TableStatus> {
@@ -450,7 +454,13 @@ pub fn render(s: &Status) -> String {
         i.value.as_ref().map_or(String::new(), |v| {
             let per: Vec<String> =
                 v.partitions.iter().map(|p| format!("p{} {}", p.partition, p.lag)).collect();
-            format!("topic {}: {} messages behind ({})", v.topic, v.lag, per.join(", "))
+            format!(
+                "topic {}: {} messages behind ({}); last commit {}",
+                v.topic,
+                v.lag,
+                per.join(", "),
+                v.last_commit_age_s.map_or("none".into(), |a| format!("{a:.0} s ago"))
+            )
         }),
     );
     let c = &s.clean;
