@@ -105,28 +105,46 @@ pub struct Watermarks {
     pub high: i64,
 }
 
-/// The watermarks of every partition of `topic` (None: the topic does not exist). One attempt:
-/// an unreachable broker is an error at once (for a look from outside, such as a status).
+/// A client that asks the brokers for watermarks, kept for repeated asks (one connection).
+#[derive(Clone)]
+pub struct WatermarkClient {
+    consumer: Arc<rdkafka::consumer::BaseConsumer>,
+    brokers: String,
+}
+
+impl WatermarkClient {
+    pub fn new(config: &KafkaConfig) -> Result<WatermarkClient> {
+        let consumer = config.client_config(&[]).create().map_err(|source| config.client_error(source))?;
+        Ok(WatermarkClient { consumer: Arc::new(consumer), brokers: config.brokers.clone() })
+    }
+
+    /// The watermarks of every partition of `topic` (None: the topic does not exist). One
+    /// attempt: an unreachable broker is an error at once.
+    pub async fn watermarks(&self, topic: &str) -> Result<Option<Vec<Watermarks>>> {
+        use rdkafka::consumer::Consumer;
+        let (consumer, brokers, topic) = (self.consumer.clone(), self.brokers.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            let unreachable = |source| KafkaError::Unreachable { brokers: brokers.clone(), source };
+            let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)).map_err(unreachable)?;
+            let Some(t) = md.topics().iter().find(|t| t.name() == topic && t.error().is_none()) else {
+                return Ok(None);
+            };
+            let mut out = Vec::with_capacity(t.partitions().len());
+            for p in t.partitions() {
+                let (low, high) =
+                    consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(5)).map_err(unreachable)?;
+                out.push(Watermarks { partition: p.id(), low, high });
+            }
+            out.sort_by_key(|w| w.partition);
+            Ok(Some(out))
+        })
+        .await
+        .map_err(|e| KafkaError::Topic { topic: String::new(), message: e.to_string() })?
+    }
+}
+
+/// The watermarks of every partition of `topic`, with a client made for the purpose (see
+/// [`WatermarkClient::watermarks`]).
 pub async fn watermarks(config: &KafkaConfig, topic: &str) -> Result<Option<Vec<Watermarks>>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer =
-        config.client_config(&[]).create().map_err(|source| config.client_error(source))?;
-    let (brokers, topic) = (config.brokers.clone(), topic.to_string());
-    tokio::task::spawn_blocking(move || {
-        let unreachable = |source| KafkaError::Unreachable { brokers: brokers.clone(), source };
-        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)).map_err(unreachable)?;
-        let Some(t) = md.topics().iter().find(|t| t.name() == topic && t.error().is_none()) else {
-            return Ok(None);
-        };
-        let mut out = Vec::with_capacity(t.partitions().len());
-        for p in t.partitions() {
-            let (low, high) =
-                consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(5)).map_err(unreachable)?;
-            out.push(Watermarks { partition: p.id(), low, high });
-        }
-        out.sort_by_key(|w| w.partition);
-        Ok(Some(out))
-    })
-    .await
-    .map_err(|e| KafkaError::Topic { topic: String::new(), message: e.to_string() })?
+    WatermarkClient::new(config)?.watermarks(topic).await
 }

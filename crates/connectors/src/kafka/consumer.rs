@@ -15,7 +15,7 @@
 //! error by default, or with [`MissingOffsets::Skip`] a warning and a count of the offsets
 //! skipped; a stored position past the end of the partition (topic recreated) is an error.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -113,8 +113,6 @@ pub struct IngestContext {
     assigned: Mutex<BTreeSet<i32>>,
     events: Mutex<Vec<PartitionEvent>>,
     lag: AtomicI64,
-    /// Per partition fetched here, its low and high watermarks, from the last statistics.
-    watermarks: Mutex<BTreeMap<i32, (i64, i64)>>,
     /// Rebalances that failed (librdkafka's rebalance errors).
     rebalance_errors: AtomicU64,
     failure: Mutex<Option<String>>,
@@ -129,16 +127,6 @@ impl ClientContext for IngestContext {
             let lag: i64 =
                 t.partitions.values().filter(|p| p.partition >= 0).map(|p| p.consumer_lag.max(0)).sum();
             self.lag.store(lag, Ordering::Relaxed);
-            // -1: not known (the partition is not fetched here).
-            let marks: BTreeMap<i32, (i64, i64)> = t
-                .partitions
-                .values()
-                .filter(|p| p.partition >= 0 && p.hi_offset >= 0 && p.lo_offset >= 0)
-                .map(|p| (p.partition, (p.lo_offset, p.hi_offset)))
-                .collect();
-            if let Ok(mut w) = self.watermarks.lock() {
-                *w = marks;
-            }
         }
     }
 }
@@ -388,7 +376,6 @@ impl Consumer {
             assigned: Mutex::new(BTreeSet::new()),
             events: Mutex::new(Vec::new()),
             lag: AtomicI64::new(-1),
-            watermarks: Mutex::new(BTreeMap::new()),
             rebalance_errors: AtomicU64::new(0),
             failure: Mutex::new(None),
             fetched: AtomicPtr::new(std::ptr::null_mut()),
@@ -481,12 +468,6 @@ impl Consumer {
     /// handles another message.
     pub fn failure(&self) -> Option<String> {
         self.inner.context().failure.lock().ok().and_then(|f| f.clone())
-    }
-
-    /// Per partition fetched here, its low and high watermarks (the first offset kept, the next
-    /// to be written) from the last statistics (every 5 s).
-    pub fn watermarks(&self) -> BTreeMap<i32, (i64, i64)> {
-        self.inner.context().watermarks.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
     /// Rebalances that failed so far.

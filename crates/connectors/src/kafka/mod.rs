@@ -9,7 +9,9 @@ mod consumer;
 mod error;
 mod producer;
 
-pub use admin::{Watermarks, create_topic, delete_topic, ensure_topic, wait_for_broker, watermarks};
+pub use admin::{
+    WatermarkClient, Watermarks, create_topic, delete_topic, ensure_topic, wait_for_broker, watermarks,
+};
 pub use config::{HIDDEN, KafkaConfig, is_secret, redact};
 pub use consumer::{Consumer, MissingOffsets, OffsetSource, PartitionEvent, Polled, Positioning, StartAt};
 pub use error::{KafkaError, Result};

@@ -16,6 +16,7 @@
 
 mod compact;
 mod hooks;
+mod lag;
 mod parse;
 mod reader;
 mod writer;
@@ -321,6 +322,10 @@ pub async fn run(job: IngestJob, shutdown: Shutdown) -> Result<IngestReport> {
     // The reader's own handle on the clean table answers "where does partition p start?".
     let (positions_table, _) = open_tables(&job, &shutdown).await?;
     let stop = Arc::new(AtomicBool::new(false));
+    // Dropped with this future (a task aborted, a select that went the other way), the run
+    // still stops its threads: the reader leaves the group instead of holding partitions.
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let held = Arc::new(lag::Held::default());
     // Room for the chunks that arrive while a commit runs.
     let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel(4);
     let (control_tx, control_rx) = std::sync::mpsc::channel();
@@ -337,6 +342,7 @@ pub async fn run(job: IngestJob, shutdown: Shutdown) -> Result<IngestReport> {
         flush_rows: job.settings.flush_rows,
         revoke_wait: job.settings.revoke_wait,
         hooks: job.hooks.clone(),
+        held: held.clone(),
     })?;
     let mut writer = writer::Writer::new(
         clean,
@@ -346,7 +352,10 @@ pub async fn run(job: IngestJob, shutdown: Shutdown) -> Result<IngestReport> {
         control_tx,
         job.hooks.clone(),
         shutdown.clone(),
-    );
+    )
+    .showing_lag(held.clone());
+    let lag_stop = Shutdown::new();
+    let lag_watch = lag::spawn(&job.kafka, held, lag_stop.clone(), stop.clone());
     let compactor = match job.settings.compact_interval {
         Some(every) => {
             Some(compact::Compactor::spawn(job.tables.clone(), every, job.settings.compact_target_file_size)?)
@@ -359,6 +368,10 @@ pub async fn run(job: IngestJob, shutdown: Shutdown) -> Result<IngestReport> {
         let _ = tokio::task::spawn_blocking(move || c.stop()).await;
     }
     let reader_outcome = reader.join();
+    lag_stop.trigger();
+    if let Some(w) = lag_watch {
+        let _ = w.await;
+    }
     let mut report = writer.report();
     if let Ok(r) = &reader_outcome {
         report.read = r.read;
@@ -369,6 +382,15 @@ pub async fn run(job: IngestJob, shutdown: Shutdown) -> Result<IngestReport> {
     reader_outcome?;
     tracing::info!(?report, "ingest stopped");
     Ok(report)
+}
+
+/// Sets the reader's stop flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Kafka partition → last offset, for logs and commit metadata.

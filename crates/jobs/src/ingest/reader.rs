@@ -8,7 +8,7 @@
 //! stored offset the partition was positioned after, then the last offset handed over), and
 //! barriers that make the writer commit before partitions are taken away.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,7 @@ use txpipe_connectors::retry::Backoff;
 use txpipe_core::schema::Schema;
 
 use super::Positions;
+use super::lag::Held;
 use super::parse::{self, Limits, Raw, RawBatch, Staged};
 use crate::telemetry::{Beat, names};
 use crate::{JobError, Result};
@@ -92,6 +93,8 @@ pub(super) struct ReaderSetup {
     /// How long a revocation waits for the writer to commit (None: it does not ask).
     pub revoke_wait: Option<Duration>,
     pub hooks: super::Hooks,
+    /// Where the lag metric learns the partitions held and the table's positions of them.
+    pub held: Arc<Held>,
 }
 
 /// What the reader did.
@@ -267,6 +270,7 @@ pub(super) fn spawn(setup: ReaderSetup) -> Result<ReaderHandle> {
                 skipped: 0,
                 beat: Beat::new("ingest-reader"),
                 gauges: Gauges::default(),
+                held: setup.held,
             };
             reader.run(&setup.stop, &thread_activity)
         })
@@ -293,39 +297,22 @@ struct Reader {
     skipped: u64,
     beat: Beat,
     gauges: Gauges,
+    held: Arc<Held>,
 }
 
-/// The per-partition lag (the partition's end, from the client's statistics every 5 s, less
-/// the next position handed over) and the rebalance errors, as metrics, at most once a second.
+/// The rebalance errors as a metric, looked at once a second at most.
 #[derive(Default)]
 struct Gauges {
-    /// Partitions whose lag is shown: one no longer fetched here goes to 0.
-    shown: BTreeSet<i32>,
     at: Option<Instant>,
     errors: u64,
 }
 
 impl Gauges {
-    fn update(&mut self, consumer: &Consumer, anchors: &HashMap<i32, Option<i64>>) {
+    fn update(&mut self, consumer: &Consumer) {
         if self.at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return;
         }
         self.at = Some(Instant::now());
-        let marks = consumer.watermarks();
-        let lags: BTreeMap<i32, i64> = anchors
-            .iter()
-            .filter_map(|(p, anchor)| {
-                let (low, high) = marks.get(p)?;
-                Some((*p, (high - anchor.map_or(*low, |a| (a + 1).max(*low))).max(0)))
-            })
-            .collect();
-        for (p, lag) in &lags {
-            metrics::gauge!(names::INGEST_CONSUMER_LAG, "partition" => p.to_string()).set(*lag as f64);
-        }
-        for gone in self.shown.iter().filter(|p| !lags.contains_key(p)) {
-            metrics::gauge!(names::INGEST_CONSUMER_LAG, "partition" => gone.to_string()).set(0.0);
-        }
-        self.shown.extend(lags.keys());
         let errors = consumer.rebalance_errors();
         if errors > self.errors {
             metrics::counter!(names::INGEST_REBALANCES, "kind" => "error").increment(errors - self.errors);
@@ -344,7 +331,7 @@ impl Reader {
         let mut idle = true;
         while !stop.load(Ordering::SeqCst) {
             self.beat.turn();
-            self.gauges.update(&self.consumer, &self.anchors);
+            self.gauges.update(&self.consumer);
             activity.lag.store(self.consumer.lag(), Ordering::Relaxed);
             while let Ok(c) = self.control.try_recv() {
                 match c {
@@ -468,7 +455,7 @@ impl Reader {
         {
             gate.arrive();
         }
-        apply(&mut self.anchors, &mut self.skipped, events);
+        apply(&mut self.anchors, &mut self.skipped, &self.held, events);
         batch.retain_partitions(|p| self.anchors.contains_key(&p));
         // New positions may bring input: idleness counts from here.
         activity.touch();
@@ -485,7 +472,7 @@ impl Reader {
     /// Moves every assigned partition back to the table's positions.
     fn reseek(&mut self) -> Result<()> {
         let events = self.consumer.reseek()?;
-        apply(&mut self.anchors, &mut self.skipped, events);
+        apply(&mut self.anchors, &mut self.skipped, &self.held, events);
         Ok(())
     }
 
@@ -509,11 +496,17 @@ impl Reader {
 }
 
 /// Records partition changes: where assigned partitions start, and which ones left.
-fn apply(anchors: &mut HashMap<i32, Option<i64>>, skipped_total: &mut u64, events: Vec<PartitionEvent>) {
+fn apply(
+    anchors: &mut HashMap<i32, Option<i64>>,
+    skipped_total: &mut u64,
+    held: &Held,
+    events: Vec<PartitionEvent>,
+) {
     for event in events {
         match event {
             PartitionEvent::Assigned { partition, anchor, skipped } => {
                 anchors.insert(partition, anchor);
+                held.assigned(partition, anchor);
                 *skipped_total += skipped;
                 if skipped > 0 {
                     metrics::counter!(names::INGEST_OFFSETS_SKIPPED).increment(skipped);
@@ -521,6 +514,7 @@ fn apply(anchors: &mut HashMap<i32, Option<i64>>, skipped_total: &mut u64, event
             }
             PartitionEvent::Revoked { partition } => {
                 anchors.remove(&partition);
+                held.revoked(partition);
             }
         }
     }

@@ -28,6 +28,7 @@ use txpipe_connectors::delta::arrow::compute::filter_record_batch;
 use txpipe_connectors::delta::{Add, DeltaError, Table, TableWriter};
 use txpipe_connectors::retry::Backoff;
 
+use super::lag::Held;
 use super::parse::{Chunk, Span, Staged};
 use super::reader::{Activity, Control};
 use super::{Hooks, IngestReport, IngestSettings, Positions};
@@ -155,6 +156,8 @@ pub(super) struct Writer {
     /// read again at the next start: their positions are not in the table).
     shutdown: Shutdown,
     beat: Beat,
+    /// What the lag metric counts from: the positions committed.
+    held: Arc<Held>,
 }
 
 impl Writer {
@@ -185,7 +188,14 @@ impl Writer {
             report,
             shutdown,
             beat: Beat::new("ingest-writer"),
+            held: Arc::default(),
         }
+    }
+
+    /// Records each commit's positions where the lag metric reads them.
+    pub fn showing_lag(mut self, held: Arc<Held>) -> Writer {
+        self.held = held;
+        self
     }
 
     pub fn report(&self) -> IngestReport {
@@ -464,6 +474,7 @@ impl Writer {
         let last = self.buffer.last();
         let version = self.clean.commit(files, &last, self.commit_metadata()).await?;
         self.ledger.committed(read_version, version, &last);
+        self.held.committed(&last);
         let good_rows = self.buffer.clean_rows;
         let latency = started.elapsed();
         let buffered_for = self.buffer.since.map(|s| s.elapsed()).unwrap_or_default();

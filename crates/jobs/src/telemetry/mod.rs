@@ -83,8 +83,7 @@ const BUCKETS: &[f64] =
 
 /// The process's Prometheus recorder, installed once (the first job that serves metrics).
 fn recorder() -> Result<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<std::result::Result<PrometheusHandle, String>> = OnceLock::new();
-    HANDLE
+    RECORDER
         .get_or_init(|| {
             PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
@@ -94,6 +93,13 @@ fn recorder() -> Result<&'static PrometheusHandle> {
         .as_ref()
         .map_err(|e| JobError::Internal(format!("installing the metrics recorder: {e}")))
 }
+
+/// Whether this process serves its metrics (a recorder is installed).
+pub fn serving() -> bool {
+    RECORDER.get().is_some_and(|r| r.is_ok())
+}
+
+static RECORDER: OnceLock<std::result::Result<PrometheusHandle, String>> = OnceLock::new();
 
 struct State {
     job: &'static str,

@@ -59,7 +59,7 @@ catalogue! {
     INGEST_OFFSETS_SKIPPED = "txpipe_ingest_offsets_skipped_total", Counter, [], "ingest",
         "Offsets deleted by Kafka's retention before they were read.";
     INGEST_CONSUMER_LAG = "txpipe_ingest_consumer_lag_messages", Gauge, ["partition"], "ingest",
-        "Messages behind the partition's end (high watermark - next position), per assigned partition.";
+        "Messages behind the partition's end: its high watermark less the next offset the clean table will hold, per partition held here (every 5 s).";
     INGEST_BUFFERED_ROWS = "txpipe_ingest_buffered_rows", Gauge, [], "ingest",
         "Rows read and not committed yet.";
     INGEST_BUFFERED_BYTES = "txpipe_ingest_buffered_bytes", Gauge, [], "ingest",
