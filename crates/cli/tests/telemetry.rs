@@ -541,3 +541,33 @@ fn run_ingests_and_scores_in_one_process_every_transaction_once_with_one_metrics
     assert_eq!(served, format!("{0}\t{0}", written + 4000));
     clickhouse(&format!("DROP DATABASE {database}"));
 }
+
+#[test]
+fn score_retrying_clickhouse_at_its_start_stays_live_and_unready() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("test_metrics_start_{}", std::process::id());
+    std::fs::write(
+        dir.path().join("txpipe.toml"),
+        format!(
+            "[clickhouse]\ndatabase = \"{database}\"\n[metrics]\nlive_within = \"2s\"\ncheck_every = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    let back_up = ClickHouseBackUp;
+    services(&["down", "clickhouse"]);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = dir.path().join("score.log");
+    let mut score = spawn(txpipe(dir.path(), &["score", "--metrics-addr", &addr]), &log);
+    let body = until_status(port, "/readyz", 503, Duration::from_secs(20));
+    assert!(body.contains("\"failing\":[\"clickhouse\"]"), "{body}");
+    // Well past `live_within` of retries: the loop turns while it retries.
+    std::thread::sleep(Duration::from_secs(5));
+    let (live, body) = get(port, "/livez").unwrap();
+    assert_eq!(live, 200, "{body}");
+    assert!(body.contains("\"score\""), "{body}");
+    let status = sigterm(&mut score);
+    assert!(status.success(), "{}", std::fs::read_to_string(&log).unwrap());
+    drop(back_up);
+}

@@ -38,6 +38,7 @@ use txpipe_core::schema::Schema;
 
 use crate::models::ModelStore;
 use crate::predict::Layout;
+use crate::telemetry::Beat;
 use crate::{JobError, Result, Shutdown};
 
 mod config;
@@ -91,6 +92,9 @@ pub(super) struct Run<'a> {
     location: String,
     /// The columns the stream reads: the schema's fields, then the Kafka position.
     wanted: Vec<(String, DataType)>,
+    /// The run's loop, for `/livez`: it turns while the run retries ClickHouse, waits for a
+    /// model or the table, restores, streams, or waits for an insert's answer.
+    beat: Beat,
 }
 
 impl Run<'_> {
@@ -108,7 +112,11 @@ impl Run<'_> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, ClickHouseError>>,
     {
-        let go = || !self.shutdown.is_triggered();
+        // Asked after each failed attempt and every quarter of a second of a wait.
+        let go = || {
+            self.beat.turn();
+            !self.shutdown.is_triggered()
+        };
         Ok(self.job.backoff.retry_while(what, ClickHouseError::retryable, go, op).await?)
     }
 
@@ -116,7 +124,7 @@ impl Run<'_> {
     /// `exit_when_idle`) when nothing came for that long; else says what it waits for (every
     /// `stats_interval`), sleeps `every` and returns true.
     async fn keep_waiting(&self, waiting: &mut Waiting, every: Duration) -> bool {
-        waiting.beat.turn();
+        self.beat.turn();
         let settings = &self.job.settings;
         let what = waiting.what;
         if self.shutdown.is_triggered() {
@@ -146,19 +154,11 @@ struct Waiting {
     note: &'static str,
     since: Instant,
     said: Option<Instant>,
-    /// Waiting is the loop turning (for `/livez`).
-    beat: crate::telemetry::Beat,
 }
 
 impl Waiting {
     fn new(what: &'static str, note: &'static str) -> Waiting {
-        Waiting {
-            what,
-            note,
-            since: Instant::now(),
-            said: None,
-            beat: crate::telemetry::Beat::new("score-start"),
-        }
+        Waiting { what, note, since: Instant::now(), said: None }
     }
 }
 
@@ -194,7 +194,8 @@ async fn run_into(job: &ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport)
         job.schema.fields().iter().map(|f| (f.name.clone(), arrow_type(f.kind))).collect();
     wanted.extend([("kafka_partition".into(), DataType::Int32), ("kafka_offset".into(), DataType::Int64)]);
     let layout = Layout::new(&job.schema, serving.columns())?;
-    let run = Run { job, shutdown, serving, layout, location: job.tables.clean.clone(), wanted };
+    let beat = Beat::new("score");
+    let run = Run { job, shutdown, serving, layout, location: job.tables.clean.clone(), wanted, beat };
     run.retry("creating the serving tables", || run.serving.ensure()).await?;
 
     // A model first: rows are not read before there is one to score them with.
@@ -244,6 +245,7 @@ async fn run_into(job: &ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport)
         run.location.clone(),
         job.clickhouse.insert_rows,
         job.settings.flush,
+        run.beat.clone(),
     );
     let (state, history_through) =
         carry_out(&run, plan, &mut tail, table, state_file, &mut sink, &mut watch, &mut snapshots, report)

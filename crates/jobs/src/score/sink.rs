@@ -77,6 +77,7 @@ impl Sink {
         location: String,
         insert_rows: usize,
         flush_latency: Duration,
+        beat: Beat,
     ) -> Sink {
         Sink {
             serving,
@@ -88,7 +89,7 @@ impl Sink {
             pending: Pending::new(),
             in_flight: None,
             latency: Latency::new(),
-            beat: Beat::new("score"),
+            beat,
         }
     }
 
