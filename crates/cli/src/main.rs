@@ -100,7 +100,6 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let usage = |e: anyhow::Error| anyhow::Error::new(Usage(e));
     let mut config = Config::load(&cli.common).map_err(usage)?;
     config.apply_common(&cli.common);
     let report = ReportJson::new(cli.common.report_json.clone()).map_err(usage)?;
@@ -164,112 +163,8 @@ fn run(cli: Cli) -> Result<()> {
             print_ingest(&report);
             report_json.write(&report)
         }
-        Command::Run(a) => {
-            config.apply_ingest(&args::IngestArgs {
-                topic: a.topic.clone(),
-                table: a.table.clone(),
-                quarantine_table: a.quarantine_table.clone(),
-                group_id: a.group_id.clone(),
-                exit_when_idle: a.exit_when_idle,
-            });
-            config.apply_score(&args::ScoreArgs {
-                table: a.table.clone(),
-                model_dir: a.model_dir.clone(),
-                exit_when_idle: a.exit_when_idle,
-                start: a.start.clone(),
-            });
-            let schema = config.validate_common().map_err(usage)?;
-            let ingest_settings = config.ingest.validate().map_err(explain).map_err(usage)?;
-            let score_settings = config.score.validate().map_err(explain).map_err(usage)?;
-            txpipe_connectors::clickhouse::Serving::columns_for(&schema, config.clickhouse.fields.as_deref())
-                .map_err(|e| usage(e.into()))?;
-            let every = a
-                .train_every
-                .as_deref()
-                .map(|e| duration_flag("--train-every", e))
-                .transpose()
-                .map_err(usage)?;
-            let train = match every {
-                Some(every) => {
-                    let settings = config.train.validate().map_err(explain).map_err(usage)?;
-                    config.features.validate(&schema).map_err(explain).map_err(usage)?;
-                    let job = TrainJob {
-                        settings,
-                        tables: config.tables.clone(),
-                        schema: schema.clone(),
-                        features: config.features.clone(),
-                        model_dir: config.models.dir.clone(),
-                        batch: a.batch_score.then(|| BatchScore::new(config.clickhouse.clone())),
-                        on_stage: None,
-                    };
-                    Some((job, every))
-                }
-                None if a.batch_score => {
-                    return Err(usage(anyhow::anyhow!(
-                        "--batch-score scores after training: add --train-every"
-                    )));
-                }
-                None => None,
-            };
-            init_logging(&config)?;
-            let job = txpipe_jobs::pipeline::PipelineJob {
-                ingest: IngestJob {
-                    settings: ingest_settings,
-                    kafka: config.kafka.clone(),
-                    tables: config.tables.clone(),
-                    schema: schema.clone(),
-                    hooks: Default::default(),
-                },
-                score: score_job(&config, schema, score_settings),
-                train,
-            };
-            let checks = config.checks("run", true);
-            let r = runtime()?.block_on(async {
-                let shutdown = Shutdown::new();
-                shutdown.on_signals();
-                observed(&config, "run", checks, txpipe_jobs::pipeline::run(job, shutdown)).await
-            })?;
-            print_ingest(&r.ingest);
-            print_score(&config, &r.score);
-            for t in &r.train {
-                eprintln!(
-                    "train: {}{}{}",
-                    t.outcome,
-                    t.published.as_deref().map_or(String::new(), |v| format!(" version {v}")),
-                    t.detail.as_deref().map_or(String::new(), |d| format!(": {d}"))
-                );
-            }
-            report.write(&r)
-        }
-        Command::Status(a) => {
-            set_if(&mut config.kafka.topic, &a.topic);
-            set_if(&mut config.tables.clean, &a.table);
-            set_if(&mut config.tables.quarantine, &a.quarantine_table);
-            set_if(&mut config.models.dir, &a.model_dir);
-            config.validate_common().map_err(usage)?;
-            let limits = txpipe_jobs::status::Limits {
-                max_lag: a.max_lag,
-                max_score_lag: duration_flag("--max-score-lag", &a.max_score_lag).map_err(usage)?,
-                max_model_age: duration_flag("--max-model-age", &a.max_model_age).map_err(usage)?,
-            };
-            init_logging(&config)?;
-            let job = txpipe_jobs::status::StatusJob {
-                kafka: config.kafka.clone(),
-                tables: config.tables.clone(),
-                clickhouse: config.clickhouse.clone(),
-                model_dir: config.models.dir.clone(),
-                target_file_size: config.optimize.target_file_size,
-                limits,
-            };
-            let status = runtime()?.block_on(txpipe_jobs::status::run(&job));
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&status).context("encoding the status")?);
-            } else {
-                print!("{}", txpipe_jobs::status::render(&status));
-            }
-            report.write(&status)?;
-            Err(anyhow::Error::new(StatusCode(status.exit_code)))
-        }
+        Command::Run(a) => run_pipeline(config, a, report),
+        Command::Status(a) => status(config, a, report),
         Command::Optimize(a) => {
             config.apply_optimize(&a);
             config.validate_common().map_err(usage)?;
@@ -432,6 +327,115 @@ where
         t.stop().await;
     }
     outcome
+}
+
+/// A failure before any work started (exit 2).
+fn usage(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(Usage(e))
+}
+
+/// `txpipe run`: ingest and score (and the training schedule) in one process.
+fn run_pipeline(mut config: Config, a: args::RunArgs, report: ReportJson) -> Result<()> {
+    config.apply_ingest(&args::IngestArgs {
+        topic: a.topic.clone(),
+        table: a.table.clone(),
+        quarantine_table: a.quarantine_table.clone(),
+        group_id: a.group_id.clone(),
+        exit_when_idle: a.exit_when_idle,
+    });
+    config.apply_score(&args::ScoreArgs {
+        table: a.table.clone(),
+        model_dir: a.model_dir.clone(),
+        exit_when_idle: a.exit_when_idle,
+        start: a.start.clone(),
+    });
+    let schema = config.validate_common().map_err(usage)?;
+    let ingest_settings = config.ingest.validate().map_err(explain).map_err(usage)?;
+    let score_settings = config.score.validate().map_err(explain).map_err(usage)?;
+    txpipe_connectors::clickhouse::Serving::columns_for(&schema, config.clickhouse.fields.as_deref())
+        .map_err(|e| usage(e.into()))?;
+    let every =
+        a.train_every.as_deref().map(|e| duration_flag("--train-every", e)).transpose().map_err(usage)?;
+    let train = match every {
+        Some(every) => {
+            let settings = config.train.validate().map_err(explain).map_err(usage)?;
+            config.features.validate(&schema).map_err(explain).map_err(usage)?;
+            let job = TrainJob {
+                settings,
+                tables: config.tables.clone(),
+                schema: schema.clone(),
+                features: config.features.clone(),
+                model_dir: config.models.dir.clone(),
+                batch: a.batch_score.then(|| BatchScore::new(config.clickhouse.clone())),
+                on_stage: None,
+            };
+            Some((job, every))
+        }
+        None if a.batch_score => {
+            return Err(usage(anyhow::anyhow!("--batch-score scores after training: add --train-every")));
+        }
+        None => None,
+    };
+    init_logging(&config)?;
+    let job = txpipe_jobs::pipeline::PipelineJob {
+        ingest: IngestJob {
+            settings: ingest_settings,
+            kafka: config.kafka.clone(),
+            tables: config.tables.clone(),
+            schema: schema.clone(),
+            hooks: Default::default(),
+        },
+        score: score_job(&config, schema, score_settings),
+        train,
+    };
+    let checks = config.checks("run", true);
+    let r = runtime()?.block_on(async {
+        let shutdown = Shutdown::new();
+        shutdown.on_signals();
+        observed(&config, "run", checks, txpipe_jobs::pipeline::run(job, shutdown)).await
+    })?;
+    print_ingest(&r.ingest);
+    print_score(&config, &r.score);
+    for t in &r.train {
+        eprintln!(
+            "train: {}{}{}",
+            t.outcome,
+            t.published.as_deref().map_or(String::new(), |v| format!(" version {v}")),
+            t.detail.as_deref().map_or(String::new(), |d| format!(": {d}"))
+        );
+    }
+    report.write(&r)
+}
+
+/// `txpipe status`: prints the pipeline's state and ends with its exit code.
+fn status(mut config: Config, a: args::StatusArgs, report: ReportJson) -> Result<()> {
+    set_if(&mut config.kafka.topic, &a.topic);
+    set_if(&mut config.tables.clean, &a.table);
+    set_if(&mut config.tables.quarantine, &a.quarantine_table);
+    set_if(&mut config.models.dir, &a.model_dir);
+    config.validate_common().map_err(usage)?;
+    let limits = txpipe_jobs::status::Limits {
+        max_lag: a.max_lag,
+        max_score_lag: duration_flag("--max-score-lag", &a.max_score_lag).map_err(usage)?,
+        max_model_age: duration_flag("--max-model-age", &a.max_model_age).map_err(usage)?,
+    };
+    init_logging(&config)?;
+    let job = txpipe_jobs::status::StatusJob {
+        kafka: config.kafka.clone(),
+        tables: config.tables.clone(),
+        clickhouse: config.clickhouse.clone(),
+        model_dir: config.models.dir.clone(),
+        target_file_size: config.optimize.target_file_size,
+        limits,
+    };
+    let status = runtime()?.block_on(txpipe_jobs::status::run(&job));
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&status).context("encoding the status")?);
+    } else {
+        print!("{}", txpipe_jobs::status::render(&status));
+    }
+    report.write(&status)?;
+    Err(anyhow::Error::new(StatusCode(status.exit_code)))
 }
 
 fn print_ingest(report: &txpipe_jobs::ingest::IngestReport) {
