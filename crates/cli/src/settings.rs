@@ -237,7 +237,7 @@ impl Config {
         };
         let mut checks = Vec::new();
         if job == "ingest" || job == "run" {
-            checks.push(Check::Kafka(self.kafka.clone()));
+            checks.push(Check::kafka(self.kafka.clone()));
         }
         checks.push(table("clean", &self.tables.clean));
         if job == "ingest" || job == "run" {

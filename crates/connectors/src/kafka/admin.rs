@@ -112,10 +112,35 @@ pub struct WatermarkClient {
     brokers: String,
 }
 
+impl std::fmt::Debug for WatermarkClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatermarkClient").field("brokers", &self.brokers).finish()
+    }
+}
+
 impl WatermarkClient {
     pub fn new(config: &KafkaConfig) -> Result<WatermarkClient> {
         let consumer = config.client_config(&[]).create().map_err(|source| config.client_error(source))?;
         Ok(WatermarkClient { consumer: Arc::new(consumer), brokers: config.brokers.clone() })
+    }
+
+    /// The partition count of `topic` (None: the topic does not exist), from one metadata
+    /// request: an unreachable broker is an error at once.
+    pub async fn partitions(&self, topic: &str) -> Result<Option<usize>> {
+        use rdkafka::consumer::Consumer;
+        let (consumer, brokers, topic) = (self.consumer.clone(), self.brokers.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            let md = consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .map_err(|source| KafkaError::Unreachable { brokers, source })?;
+            Ok(md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len()))
+        })
+        .await
+        .map_err(|e| KafkaError::Topic { topic: String::new(), message: e.to_string() })?
     }
 
     /// The watermarks of every partition of `topic` (None: the topic does not exist). One

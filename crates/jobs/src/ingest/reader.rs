@@ -269,7 +269,7 @@ pub(super) fn spawn(setup: ReaderSetup) -> Result<ReaderHandle> {
                 read: 0,
                 skipped: 0,
                 beat: Beat::new("ingest-reader"),
-                gauges: Gauges::default(),
+                rebalance_errors: 0,
                 held: setup.held,
             };
             reader.run(&setup.stop, &thread_activity)
@@ -296,29 +296,9 @@ struct Reader {
     read: u64,
     skipped: u64,
     beat: Beat,
-    gauges: Gauges,
+    /// Rebalance errors counted so far (each bumps the consumer's generation, as a rebalance does).
+    rebalance_errors: u64,
     held: Arc<Held>,
-}
-
-/// The rebalance errors as a metric, looked at once a second at most.
-#[derive(Default)]
-struct Gauges {
-    at: Option<Instant>,
-    errors: u64,
-}
-
-impl Gauges {
-    fn update(&mut self, consumer: &Consumer) {
-        if self.at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            return;
-        }
-        self.at = Some(Instant::now());
-        let errors = consumer.rebalance_errors();
-        if errors > self.errors {
-            metrics::counter!(names::INGEST_REBALANCES, "kind" => "error").increment(errors - self.errors);
-            self.errors = errors;
-        }
-    }
 }
 
 impl Reader {
@@ -331,7 +311,6 @@ impl Reader {
         let mut idle = true;
         while !stop.load(Ordering::SeqCst) {
             self.beat.turn();
-            self.gauges.update(&self.consumer);
             activity.lag.store(self.consumer.lag(), Ordering::Relaxed);
             while let Ok(c) = self.control.try_recv() {
                 match c {
@@ -440,6 +419,12 @@ impl Reader {
         if let Some(failure) = self.consumer.failure() {
             let topic = self.consumer.topic().to_string();
             return Err(JobError::Kafka(KafkaError::Position { topic, detail: failure }));
+        }
+        let errors = self.consumer.rebalance_errors();
+        if errors > self.rebalance_errors {
+            metrics::counter!(names::INGEST_REBALANCES, "kind" => "error")
+                .increment(errors - self.rebalance_errors);
+            self.rebalance_errors = errors;
         }
         let events = self.consumer.take_events();
         for (kind, seen) in [

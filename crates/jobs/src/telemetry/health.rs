@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use txpipe_connectors::clickhouse::{ClickHouseConfig, Serving};
-use txpipe_connectors::kafka::{self, KafkaConfig};
-use txpipe_connectors::retry::Backoff;
+use txpipe_connectors::kafka::{KafkaConfig, WatermarkClient};
 
 /// When the process's clock for beats started.
 fn epoch() -> Instant {
@@ -99,8 +98,9 @@ pub fn liveness(within: Duration) -> Liveness {
 /// A service a job needs, and how to ask it whether it answers.
 #[derive(Debug, Clone)]
 pub enum Check {
-    /// The brokers answer a metadata request for the topic.
-    Kafka(KafkaConfig),
+    /// The brokers answer a metadata request for the topic (asked by one client, made at the
+    /// first check and kept: no connection per check).
+    Kafka { config: KafkaConfig, client: Arc<Mutex<Option<WatermarkClient>>> },
     /// The table's storage answers (its log can be read; the table may not exist yet).
     Table { name: &'static str, location: String, options: BTreeMap<String, String> },
     /// The ClickHouse server answers a query.
@@ -127,9 +127,13 @@ pub struct Readiness {
 }
 
 impl Check {
+    pub fn kafka(config: KafkaConfig) -> Check {
+        Check::Kafka { config, client: Arc::default() }
+    }
+
     pub fn name(&self) -> String {
         match self {
-            Check::Kafka(_) => "kafka".into(),
+            Check::Kafka { .. } => "kafka".into(),
             Check::Table { name, .. } => format!("table:{name}"),
             Check::ClickHouse(_) => "clickhouse".into(),
         }
@@ -137,9 +141,19 @@ impl Check {
 
     async fn run(&self) -> Result<String, String> {
         match self {
-            Check::Kafka(config) => {
-                let once = Backoff { attempts: 1, ..Backoff::default() };
-                match kafka::wait_for_broker(config, once).await {
+            Check::Kafka { config, client } => {
+                let made = client.lock().map_err(|_| "the check's client is poisoned".to_string())?.clone();
+                let client = match made {
+                    Some(c) => c,
+                    None => {
+                        let c = WatermarkClient::new(config).map_err(|e| config.scrub(&e.to_string()))?;
+                        if let Ok(mut slot) = client.lock() {
+                            *slot = Some(c.clone());
+                        }
+                        c
+                    }
+                };
+                match client.partitions(&config.topic).await {
                     Ok(Some(n)) => Ok(format!("topic {} has {n} partitions", config.topic)),
                     Ok(None) => Ok(format!("brokers answer; topic {} does not exist yet", config.topic)),
                     Err(e) => Err(config.scrub(&e.to_string())),
