@@ -2,6 +2,7 @@
 
 use deltalake::DeltaTableError;
 use deltalake::kernel::transaction::TransactionError;
+use deltalake::logstore::object_store::Error as ObjectStoreError;
 
 /// What can go wrong with a table.
 #[derive(Debug, thiserror::Error)]
@@ -37,22 +38,46 @@ impl DeltaError {
     }
 
     /// Whether trying again can succeed (storage hiccups), as opposed to a conflict or a bad
-    /// table.
+    /// table: the store's own errors (unreachable, timed out, refused) and I/O errors, also
+    /// when they come wrapped (a Parquet read whose bytes did not arrive), and a commit that
+    /// lost the race for its version too many times.
     pub fn retryable(&self) -> bool {
         match self {
             DeltaError::Open { source, .. }
             | DeltaError::Write { source, .. }
             | DeltaError::Commit { source, .. }
             | DeltaError::Read { source, .. }
-            | DeltaError::Maintenance { source, .. } => matches!(
-                **source,
-                DeltaTableError::ObjectStore { .. }
-                    | DeltaTableError::Io { .. }
-                    | DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(_) }
-            ),
+            | DeltaError::Maintenance { source, .. } => {
+                matches!(
+                    **source,
+                    DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(_) }
+                ) || from_storage(source.as_ref())
+            }
             DeltaError::Conflict { .. } | DeltaError::Layout { .. } | DeltaError::Gone { .. } => false,
         }
     }
+}
+
+/// Whether an error, or one it wraps, is the storage failing (object store or I/O) rather than
+/// what it holds being wrong. A missing object is not (the caller sees what is gone).
+fn from_storage(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(store) = e.downcast_ref::<ObjectStoreError>() {
+            return !matches!(store, ObjectStoreError::NotFound { .. });
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind() != std::io::ErrorKind::NotFound;
+        }
+        if matches!(
+            e.downcast_ref::<DeltaTableError>(),
+            Some(DeltaTableError::ObjectStore { .. } | DeltaTableError::Io { .. })
+        ) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 pub type Result<T, E = DeltaError> = std::result::Result<T, E>;

@@ -49,7 +49,7 @@ fn describe(schema: &SchemaRef) -> String {
 pub async fn open_existing(location: &str, storage_options: &BTreeMap<String, String>) -> Result<DeltaTable> {
     let open_err = |source| DeltaError::Open { location: location.to_string(), source: Box::new(source) };
     let url = ensure_table_uri(location).map_err(open_err)?;
-    let options: HashMap<String, String> = storage_options.clone().into_iter().collect();
+    let options = super::config::store_options(location, storage_options);
     let mut table = DeltaTable::try_from_url_with_storage_options(url, options).await.map_err(open_err)?;
     if table.version().is_none() {
         return Err(open_err(DeltaTableError::NotATable(format!("no Delta table at {location}"))));
@@ -64,7 +64,7 @@ pub async fn open_existing(location: &str, storage_options: &BTreeMap<String, St
 pub async fn probe(location: &str, storage_options: &BTreeMap<String, String>) -> Result<bool> {
     let open_err = |source| DeltaError::Open { location: location.to_string(), source: Box::new(source) };
     let url = ensure_table_uri(location).map_err(open_err)?;
-    let options: HashMap<String, String> = storage_options.clone().into_iter().collect();
+    let options = super::config::store_options(location, storage_options);
     let table = deltalake::DeltaTableBuilder::from_url(url)
         .map_err(open_err)?
         .with_storage_options(options)
@@ -143,7 +143,7 @@ impl Table {
     ) -> Result<Table> {
         let open_err = |source| DeltaError::Open { location: location.to_string(), source: Box::new(source) };
         let url = ensure_table_uri(location).map_err(open_err)?;
-        let options: HashMap<String, String> = storage_options.clone().into_iter().collect();
+        let options = super::config::store_options(location, storage_options);
         let table = DeltaTable::try_from_url_with_storage_options(url.clone(), options.clone())
             .await
             .map_err(open_err)?;

@@ -80,7 +80,7 @@ impl TableTail {
         let fields: Vec<Field> = columns.iter().map(|(n, t)| Field::new(*n, t.clone(), true)).collect();
         TableTail {
             location: location.to_string(),
-            storage_options: storage_options.clone().into_iter().collect(),
+            storage_options: super::config::store_options(location, storage_options),
             log_store: None,
             out_schema: Arc::new(Schema::new(fields)),
             partition_columns: Vec::new(),
