@@ -9,6 +9,9 @@ ids and the ids sorted, the sum of amounts and of event times (microseconds), an
 exact bytes of every quarantined payload that was not UTF-8 (hex), keyed by partition/offset.
 
     check_delta.py TABLE_PATH [APP_ID ...]     (the txn version of each APP_ID, null when none)
+
+TABLE_PATH may be an object-store URL (s3://bucket/path): the storage options are then the
+AWS_* variables of the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).
 """
 import json
 import os
@@ -19,7 +22,8 @@ from deltalake import DeltaTable
 
 
 def main() -> None:
-    table = DeltaTable(sys.argv[1])
+    options = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    table = DeltaTable(sys.argv[1], storage_options=options or None)
     data = table.to_pyarrow_table()
     out = {
         "version": table.version(),

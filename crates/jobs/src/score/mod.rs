@@ -255,8 +255,18 @@ async fn run_into(job: &ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport)
         _ => None,
     };
     let lag = stream::Lag::default();
-    let stream =
-        stream::Stream { run: &run, tail, sink, watch, state, snapshots, catch_up, history_through, lag };
+    let stream = stream::Stream {
+        run: &run,
+        tail,
+        sink,
+        watch,
+        state,
+        snapshots,
+        catch_up,
+        history_through,
+        lag,
+        waited_for_storage: false,
+    };
     stream.run(report).await
 }
 

@@ -69,6 +69,8 @@ pub(super) struct Stream<'r, 'a> {
     /// The last version whose rows are all in the history (None: none yet).
     pub history_through: Option<u64>,
     pub lag: Lag,
+    /// Whether the last poll had to wait for the table's storage (the wait is not idleness).
+    pub waited_for_storage: bool,
 }
 
 impl Stream<'_, '_> {
@@ -86,6 +88,9 @@ impl Stream<'_, '_> {
             self.lag.show(report.complete_through, newest);
             self.check_model(report);
             let Some(polled) = self.poll(report).await? else { continue };
+            if std::mem::take(&mut self.waited_for_storage) && idle_since.is_some() {
+                idle_since = Some(Instant::now());
+            }
             let got = polled.is_some();
             if let Some(batch) = polled {
                 idle_since = None;
@@ -173,10 +178,37 @@ impl Stream<'_, '_> {
         }
     }
 
+    /// The tail's next micro-batch, retried with the run's backoff while the table's storage
+    /// cannot be read (an object store away, a disk error); the tail keeps what it has not
+    /// handed out, so a retry reads the same commits. Asked to stop meanwhile: nothing new (the
+    /// loop then stops; the rows after the resume point are read again at the next start).
+    async fn poll_tail(&mut self) -> std::result::Result<Option<TailBatch>, DeltaError> {
+        let backoff = self.run.job.backoff;
+        let mut attempt = 1;
+        loop {
+            match self.tail.poll().await {
+                Err(e) if e.retryable() && self.run.shutdown.is_triggered() => {
+                    tracing::warn!(error = %e, "stopping as asked while the table's storage is unreachable");
+                    return Ok(None);
+                }
+                Err(e) if e.retryable() && (backoff.attempts == 0 || attempt < backoff.attempts) => {
+                    let wait = backoff.delay(attempt);
+                    tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, error = %e, "reading the table failed; retrying");
+                    metrics::counter!(names::SCORE_READ_RETRIES).increment(1);
+                    self.waited_for_storage = true;
+                    self.run.beat.turn();
+                    sleep_or_shutdown(wait, self.run.shutdown).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The next micro-batch (Some(None): nothing new); None when the catch-up fell back to
     /// scoring the table whole (the turn starts again).
     async fn poll(&mut self, report: &mut ScoreReport) -> Result<Option<Option<TailBatch>>> {
-        let batch = match self.tail.poll().await {
+        let batch = match self.poll_tail().await {
             Ok(b) => b,
             Err(e @ DeltaError::Gone { .. }) if self.catch_up.is_some() => {
                 tracing::warn!(

@@ -83,6 +83,8 @@ catalogue! {
         "Inserts or progress records that failed (each is retried).";
     SCORE_INSERT_RETRIES = "txpipe_score_insert_retries_total", Counter, [], "score",
         "Inserts or progress records tried again.";
+    SCORE_READ_RETRIES = "txpipe_score_read_retries_total", Counter, [], "score",
+        "Reads of the table's log or files tried again after a storage failure.";
     SCORE_END_TO_END = "txpipe_score_end_to_end_seconds", Histogram, [], "score",
         "Event time to acknowledged insert, per row.";
     SCORE_COMPLETE_VERSION = "txpipe_score_complete_through_version", Gauge, [], "score",
