@@ -139,6 +139,7 @@ async fn stale_handle(location: &str, options: &BTreeMap<String, String>) {
     assert_eq!(a.append(&[one_row(&parser)], &BTreeMap::from([(1, 7)]), none()).await.unwrap(), 2);
     // b's commit for partition 2 finds version 1 taken, reads 1 and 2, and lands as 3.
     assert_eq!(b.append(&[one_row(&parser)], &BTreeMap::from([(2, 9)]), none()).await.unwrap(), 3);
+    assert_eq!(b.lost_races(), 1, "b's put of version 1 was refused once");
     assert_eq!(
         b.positions(&[0, 1, 2, 3]).await.unwrap(),
         HashMap::from([(0, Some(5)), (1, Some(7)), (2, Some(9)), (3, None)])

@@ -85,6 +85,7 @@ impl Table {
                 Err(TransactionError::VersionAlreadyExists(_)) => {
                     // Someone else took the version: read what they wrote; try the next one
                     // unless they moved these partitions' positions.
+                    self.lost_races += 1;
                     let tail = self.tail().await?;
                     if tail.reloaded || !tail.apps.is_disjoint(&ours) {
                         return Err(DeltaError::Conflict { location: self.location.clone() });

@@ -128,6 +128,9 @@ pub struct Table {
     /// writer beyond what an append of txpipe's files meets (writer version 2 or less).
     pub(super) direct: bool,
     pub(super) checkpoints: Checkpoints,
+    /// Commits whose version another writer took first (the store refused the put), and that
+    /// went on to the next version.
+    pub(super) lost_races: u64,
 }
 
 impl Table {
@@ -182,6 +185,7 @@ impl Table {
         };
         let mut this = Table {
             head: table.version(),
+            lost_races: 0,
             table,
             location: location.to_string(),
             url,
@@ -255,6 +259,12 @@ impl Table {
     }
 
     /// The newest version known to this handle (see [`Table::refresh`]).
+    /// How many of this handle's commits found their version taken by another writer and went
+    /// on to a later one (races lost, not conflicts: see [`super::commit`]).
+    pub fn lost_races(&self) -> u64 {
+        self.lost_races
+    }
+
     pub fn version(&self) -> Option<u64> {
         self.head
     }

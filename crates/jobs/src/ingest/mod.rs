@@ -239,6 +239,17 @@ pub struct IngestReport {
     pub skipped_offsets: u64,
     /// Commits of the clean table.
     pub commits: u64,
+    /// Commits given up because another writer had moved the positions of their partitions
+    /// (the rows are read again from the new positions).
+    pub conflicts: u64,
+    /// Commits (of either table) that found their version taken by another writer and landed
+    /// as a later one.
+    pub commit_races: u64,
+    /// Time to commit a buffer (write the files' tails, check the positions, commit both
+    /// tables), in ms: median, 99th percentile, longest (None: no commit).
+    pub commit_ms_p50: Option<f64>,
+    pub commit_ms_p99: Option<f64>,
+    pub commit_ms_max: Option<f64>,
     pub clean_version: Option<u64>,
     pub quarantine_version: Option<u64>,
     /// Stopped as asked while the table's storage was unreachable, with messages not committed

@@ -158,6 +158,10 @@ pub(super) struct Writer {
     beat: Beat,
     /// What the lag metric counts from: the positions committed.
     held: Arc<Held>,
+    /// Each commit's duration (ms), for the report's percentiles.
+    commit_ms: Vec<f32>,
+    /// Races lost by both tables' handles, as last counted.
+    races: u64,
 }
 
 impl Writer {
@@ -189,6 +193,8 @@ impl Writer {
             shutdown,
             beat: Beat::new("ingest-writer"),
             held: Arc::default(),
+            commit_ms: Vec::new(),
+            races: 0,
         }
     }
 
@@ -199,7 +205,12 @@ impl Writer {
     }
 
     pub fn report(&self) -> IngestReport {
-        self.report.clone()
+        let mut report = self.report.clone();
+        let mut ms = self.commit_ms.clone();
+        ms.sort_by(f32::total_cmp);
+        let at = |q: f64| ms.get(((ms.len() as f64 - 1.0) * q).round() as usize).map(|&v| f64::from(v));
+        (report.commit_ms_p50, report.commit_ms_p99, report.commit_ms_max) = (at(0.5), at(0.99), at(1.0));
+        report
     }
 
     /// Receives and commits until shutdown, idle exit, or the reader stops.
@@ -389,7 +400,9 @@ impl Writer {
                     return Ok(());
                 }
                 Err(DeltaError::Conflict { location }) => {
+                    self.count_races();
                     metrics::counter!(names::INGEST_COMMIT_CONFLICTS).increment(1);
+                    self.report.conflicts += 1;
                     tracing::info!(%location, "the table's positions are not where this buffer follows on");
                     self.reseek("positions moved");
                     return Ok(());
@@ -492,6 +505,8 @@ impl Writer {
         metrics::counter!(names::INGEST_ROWS_WRITTEN).increment(good_rows as u64);
         metrics::counter!(names::INGEST_COMMITS).increment(1);
         metrics::histogram!(names::INGEST_COMMIT_DURATION).record(latency.as_secs_f64());
+        self.commit_ms.push(latency.as_secs_f32() * 1e3);
+        self.count_races();
         metrics::histogram!(names::INGEST_BUFFER_AGE).record(buffered_for.as_secs_f64());
         metrics::gauge!(names::INGEST_TABLE_VERSION).set(version as f64);
         metrics::gauge!(names::INGEST_LAST_COMMIT).set(unix_now());
@@ -502,6 +517,14 @@ impl Writer {
         let _ = self.control.send(Control::Committed(last.into_iter().collect()));
         self.buffer = Buffer::default();
         Ok(())
+    }
+
+    /// Counts the version races both handles lost since the last count.
+    fn count_races(&mut self) {
+        let races = self.clean.lost_races() + self.quarantine.lost_races();
+        metrics::counter!(names::INGEST_COMMIT_RACES).increment(races - self.races);
+        self.report.commit_races += races - self.races;
+        self.races = races;
     }
 
     fn commit_metadata(&self) -> serde_json::Map<String, serde_json::Value> {

@@ -54,6 +54,8 @@ catalogue! {
         "Commits refused because the table's positions moved (another writer, or a commit that landed although its answer was lost).";
     INGEST_COMMIT_RETRIES = "txpipe_ingest_commit_retries_total", Counter, [], "ingest",
         "Commits tried again after a storage failure.";
+    INGEST_COMMIT_RACES = "txpipe_ingest_commit_races_total", Counter, [], "ingest",
+        "Commits whose version another writer took first (the store refused the put), landed as a later version.";
     INGEST_REBALANCES = "txpipe_ingest_rebalances_total", Counter, ["kind"], "ingest",
         "Consumer-group rebalances seen, by kind (assign, revoke, error).";
     INGEST_OFFSETS_SKIPPED = "txpipe_ingest_offsets_skipped_total", Counter, [], "ingest",
