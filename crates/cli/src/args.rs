@@ -36,6 +36,10 @@ pub struct CommonArgs {
     /// ClickHouse database.
     #[arg(long, global = true, env = "TXPIPE_CLICKHOUSE_DATABASE", value_name = "DB")]
     pub clickhouse_database: Option<String>,
+    /// ClickHouse cluster (remote_servers) to create the tables on: replicated local tables
+    /// with Distributed tables over them; empty: one server.
+    #[arg(long, global = true, env = "TXPIPE_CLICKHOUSE_CLUSTER", value_name = "NAME")]
+    pub clickhouse_cluster: Option<String>,
     /// Log level or filter (error, warn, info, debug, trace, or a RUST_LOG-style filter);
     /// without it RUST_LOG is used, else info.
     #[arg(long, global = true, env = "TXPIPE_LOG_LEVEL", value_name = "LEVEL")]

@@ -148,6 +148,7 @@ impl Config {
         set(&mut self.kafka.brokers, &a.brokers);
         set(&mut self.clickhouse.url, &a.clickhouse_url);
         set(&mut self.clickhouse.database, &a.clickhouse_database);
+        set(&mut self.clickhouse.cluster, &a.clickhouse_cluster);
         set(&mut self.log.level, &a.log_level);
         set(&mut self.log.format, &a.log_format);
         set(&mut self.metrics.addr, &a.metrics_addr);

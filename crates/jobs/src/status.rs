@@ -418,10 +418,16 @@ async fn serving(config: &ClickHouseConfig) -> Part<ServingStatus> {
         return Part::unreachable(e);
     }
     let count = |table: &str| {
-        let sql = format!(
-            "SELECT sum(rows) FROM system.parts WHERE database = '{}' AND table = '{table}' AND active",
-            config.database.replace('\'', "")
-        );
+        let db = config.database.replace('\'', "");
+        // One server: its parts' rows (no scan). A cluster: the Distributed table over every
+        // shard.
+        let sql = if serving.clustered() {
+            format!("SELECT count() FROM `{db}`.`{table}`")
+        } else {
+            format!(
+                "SELECT sum(rows) FROM system.parts WHERE database = '{db}' AND table = '{table}' AND active"
+            )
+        };
         let serving = serving.clone();
         async move { serving.fetch_text(&sql).await.map(|t| t.trim().parse::<u64>().unwrap_or(0)) }
     };

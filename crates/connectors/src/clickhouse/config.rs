@@ -11,6 +11,11 @@ pub struct ClickHouseConfig {
     pub url: String,
     /// Database of txpipe's tables and view.
     pub database: String,
+    /// A cluster of `remote_servers` to serve from (empty: the one server of `url`): the
+    /// tables are made `ON CLUSTER` as ReplicatedReplacingMergeTree tables `<name>_local`, with
+    /// Distributed tables of the usual names over them (rows spread by transaction id), and
+    /// inserts wait until every shard has its rows.
+    pub cluster: String,
     /// User (ClickHouse's `default` when empty).
     pub user: String,
     /// Password; prefer the environment variable TXPIPE_CLICKHOUSE_PASSWORD to a file.
@@ -32,6 +37,7 @@ impl Default for ClickHouseConfig {
         ClickHouseConfig {
             url: "http://127.0.0.1:8123".into(),
             database: "default".into(),
+            cluster: String::new(),
             user: String::new(),
             password: String::new(),
             fields: None,
@@ -62,6 +68,14 @@ impl ClickHouseConfig {
                 "clickhouse.database",
                 &self.database,
                 "a database name of letters, digits and '_', not starting with a digit",
+            ));
+        }
+        let cluster_ok = self.cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !cluster_ok {
+            return Err(ConfigError::config(
+                "clickhouse.cluster",
+                &self.cluster,
+                "a cluster name of remote_servers (letters, digits, '_', '-'), or empty for one server",
             ));
         }
         if self.insert_rows == 0 {
@@ -118,6 +132,8 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("clickhouse.url"));
         let c = ClickHouseConfig { database: "my-db".into(), ..Default::default() };
         assert!(c.validate().unwrap_err().to_string().contains("clickhouse.database"));
+        let c = ClickHouseConfig { cluster: "a b".into(), ..Default::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("clickhouse.cluster"));
         let c = ClickHouseConfig { compression: "zstd".into(), ..Default::default() };
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("clickhouse.compression") && e.contains("auto, lz4 or none"), "{e}");

@@ -7,6 +7,16 @@
 //! it shows one row per transaction even before ClickHouse merged anything: the batch row where
 //! one exists (the newest batch run), else the newest realtime row.
 //!
+//! With `[clickhouse] cluster`, every table is made `ON CLUSTER`: the data in
+//! ReplicatedReplacingMergeTree tables `<name>_local` (replicas of one shard agree through
+//! ZooKeeper), Distributed tables of the usual names over them (rows spread over the shards by
+//! `cityHash64(transaction_id)`, so a transaction's rows always meet on one shard, where
+//! replacing and the view's grouping see them together), the view over the Distributed tables,
+//! and the progress in one replicated table that every server holds whole. Inserts go to the
+//! Distributed tables and return once every shard has its rows (`insert_distributed_sync`);
+//! an insert retried after a lost answer sends the same bytes, hence the same blocks, which the
+//! replicas drop as already inserted.
+//!
 //! The SQL uses only what ClickHouse 18.16 (Debian's, the tests' server) and current releases
 //! both accept: DateTime (seconds), Nullable, Array(String), ReplacingMergeTree with PARTITION BY
 //! and ORDER BY, a view with `argMax` over `UNION ALL`. Rows go in as RowBinary through the
@@ -94,6 +104,8 @@ pub struct Serving {
     server: clickhouse::Client,
     url: String,
     database: String,
+    /// The cluster the tables are made on (None: one server).
+    cluster: Option<String>,
     columns: Vec<ServingColumn>,
 }
 
@@ -165,8 +177,21 @@ impl Serving {
         if !config.password.is_empty() {
             server = server.with_password(&config.password);
         }
+        let cluster = (!config.cluster.is_empty()).then(|| config.cluster.clone());
+        if cluster.is_some() {
+            // An insert into a Distributed table returns once every shard has its rows: an
+            // acknowledged insert is then in a replicated table (the progress rule holds).
+            server = server.with_setting("insert_distributed_sync", "1");
+        }
         let client = server.clone().with_database(&config.database);
-        Serving { client, server, url: config.url.clone(), database: config.database.clone(), columns }
+        Serving {
+            client,
+            server,
+            url: config.url.clone(),
+            database: config.database.clone(),
+            cluster,
+            columns,
+        }
     }
 
     pub fn columns(&self) -> &[ServingColumn] {
@@ -177,19 +202,59 @@ impl Serving {
         format!("{}.{}", quote(&self.database), quote(table))
     }
 
-    fn table_ddl(&self, table: &str, batch: bool) -> String {
+    /// ` ON CLUSTER name` with a cluster, else nothing.
+    fn on_cluster(&self) -> String {
+        self.cluster.as_deref().map(|c| format!(" ON CLUSTER {}", quote(c))).unwrap_or_default()
+    }
+
+    /// A replicated engine's ZooKeeper path and replica name: per shard (`{shard}` macro), or
+    /// `all` for a table every server holds whole (its replicas then named by shard and replica).
+    fn replicated(&self, table: &str, per_shard: bool, version: &str) -> String {
+        let cluster = self.cluster.as_deref().unwrap_or_default();
+        let (shard, replica) =
+            if per_shard { ("{shard}", "{replica}") } else { ("all", "{shard}-{replica}") };
+        format!(
+            "ReplicatedReplacingMergeTree('/clickhouse/tables/{cluster}/{shard}/{db}/{table}', '{replica}', {version})",
+            db = self.database
+        )
+    }
+
+    /// The statements that make one serving table: one, or with a cluster the replicated local
+    /// table and the Distributed table over it.
+    fn table_ddl(&self, table: &str, batch: bool) -> Vec<String> {
         let mut cols = vec!["transaction_id String".to_string(), "event_time DateTime".to_string()];
         cols.extend(self.columns.iter().map(|c| format!("{} {}", quote(&c.name), c.sql_type())));
         cols.extend(PREDICTION_COLUMNS.iter().map(|(n, t)| format!("{n} {t}")));
         if batch {
             cols.push("batch_run_id String".into());
         }
-        format!(
-            "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE = ReplacingMergeTree(scored_at) \
-             PARTITION BY toYYYYMM(event_time) ORDER BY transaction_id",
-            self.name(table),
-            cols.join(", ")
-        )
+        let layout = "PARTITION BY toYYYYMM(event_time) ORDER BY transaction_id";
+        let Some(cluster) = &self.cluster else {
+            return vec![format!(
+                "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE = ReplacingMergeTree(scored_at) {layout}",
+                self.name(table),
+                cols.join(", ")
+            )];
+        };
+        let local = format!("{table}_local");
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {}{} ({}) ENGINE = {} {layout}",
+                self.name(&local),
+                self.on_cluster(),
+                cols.join(", "),
+                self.replicated(table, true, "scored_at")
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {}{} AS {} ENGINE = Distributed({}, {}, {}, cityHash64(transaction_id))",
+                self.name(table),
+                self.on_cluster(),
+                self.name(&local),
+                quote(cluster),
+                quote(&self.database),
+                quote(&local)
+            ),
+        ]
     }
 
     fn view_ddl(&self) -> String {
@@ -204,31 +269,69 @@ impl Serving {
             .collect();
         // A batch row outranks any realtime row; within a table the newest scoring wins.
         format!(
-            "CREATE VIEW IF NOT EXISTS {view} AS SELECT transaction_id, {picked} FROM (\
+            "CREATE VIEW IF NOT EXISTS {view}{on_cluster} AS SELECT transaction_id, {picked} FROM (\
              SELECT {common}, 'batch' AS source, batch_run_id, 4294967296 + toUInt64(toUInt32(scored_at)) AS rank FROM {batch} \
              UNION ALL \
              SELECT {common}, 'realtime' AS source, '' AS batch_run_id, toUInt64(toUInt32(scored_at)) AS rank FROM {realtime}\
              ) GROUP BY transaction_id",
             view = self.name(SERVING),
+            on_cluster = self.on_cluster(),
             picked = picked.join(", "),
             batch = self.name(BATCH),
             realtime = self.name(REALTIME),
         )
     }
 
-    /// Every statement [`Serving::ensure`] runs, in order.
+    /// Every statement [`Serving::ensure`] runs, in order: the database, the realtime table(s),
+    /// the batch table(s), the view, the progress table.
     pub fn statements(&self) -> Vec<String> {
-        vec![
-            format!("CREATE DATABASE IF NOT EXISTS {}", quote(&self.database)),
-            self.table_ddl(REALTIME, false),
-            self.table_ddl(BATCH, true),
-            self.view_ddl(),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {} (source String, delta_version UInt64, updated_at DateTime) \
-                 ENGINE = ReplacingMergeTree(delta_version) ORDER BY source",
-                self.name(PROGRESS)
-            ),
-        ]
+        let progress_engine = match self.cluster {
+            Some(_) => self.replicated(PROGRESS, false, "delta_version"),
+            None => "ReplacingMergeTree(delta_version)".to_string(),
+        };
+        let mut out =
+            vec![format!("CREATE DATABASE IF NOT EXISTS {}{}", quote(&self.database), self.on_cluster())];
+        out.extend(self.table_ddl(REALTIME, false));
+        out.extend(self.table_ddl(BATCH, true));
+        out.push(self.view_ddl());
+        out.push(format!(
+            "CREATE TABLE IF NOT EXISTS {}{} (source String, delta_version UInt64, updated_at DateTime) \
+             ENGINE = {progress_engine} ORDER BY source",
+            self.name(PROGRESS),
+            self.on_cluster()
+        ));
+        out
+    }
+
+    /// The tables and view [`Serving::ensure`] makes, by name.
+    fn objects(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            [REALTIME, BATCH, SERVING, PROGRESS].iter().map(|t| t.to_string()).collect();
+        if self.cluster.is_some() {
+            names.extend([format!("{REALTIME}_local"), format!("{BATCH}_local")]);
+        }
+        names
+    }
+
+    /// Whether this server already has every table and the view (a cluster's DDL waits for
+    /// every server: a start while one is down would wait for it needlessly).
+    async fn all_there(&self) -> Result<bool> {
+        let names = self.objects();
+        let sql = format!(
+            "SELECT count() FROM system.tables WHERE database = ? AND name IN ({})",
+            vec!["?"; names.len()].join(", ")
+        );
+        let mut query = self.server.query(&sql).bind(&self.database);
+        for n in &names {
+            query = query.bind(n);
+        }
+        let found: u64 = query.fetch_one().await.map_err(self.request_err("reading the tables"))?;
+        Ok(found as usize == names.len())
+    }
+
+    /// Whether the tables are made on a cluster.
+    pub fn clustered(&self) -> bool {
+        self.cluster.is_some()
     }
 
     /// The highest Delta version of `source` whose rows are all in `transactions_realtime`
@@ -281,6 +384,17 @@ impl Serving {
     /// an earlier release up to date (see [`Serving::upgrades`]).
     pub async fn ensure(&self) -> Result<()> {
         let statements = self.statements();
+        if self.cluster.is_some() {
+            // Tables made by an earlier release on a cluster do not exist (clusters came
+            // later): no upgrades, only what is missing.
+            if self.all_there().await? {
+                return Ok(());
+            }
+            for sql in &statements {
+                self.run(&self.server, sql).await?;
+            }
+            return Ok(());
+        }
         let (first, rest) = statements.split_at(1);
         self.run(&self.server, &first[0]).await?;
         // Upgrades before the view: a view made by an earlier release is made again after.
