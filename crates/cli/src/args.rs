@@ -213,6 +213,10 @@ pub struct ScoreArgs {
     /// Delta version.
     #[arg(long, env = "TXPIPE_START", value_name = "WHERE")]
     pub start: Option<String>,
+    /// Score only shard I of N of the table: the rows of the Kafka partitions p with
+    /// p % N == I (each shard its own progress and state file).
+    #[arg(long, env = "TXPIPE_SCORE_SHARD", value_name = "I/N")]
+    pub shard: Option<String>,
 }
 
 #[derive(Debug, Args, Default)]

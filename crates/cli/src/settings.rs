@@ -210,6 +210,7 @@ impl Config {
         set(&mut self.tables.clean, &a.table);
         set(&mut self.models.dir, &a.model_dir);
         set(&mut self.score.start, &a.start);
+        set(&mut self.score.shard, &a.shard);
         if a.exit_when_idle.is_some() {
             self.score.exit_when_idle = a.exit_when_idle;
         }

@@ -116,6 +116,10 @@ pub struct ScoreStatus {
     pub versions_behind: u64,
     /// Age of the oldest commit not yet in ClickHouse (0 when caught up).
     pub seconds_behind: f64,
+    /// With `score --shard I/N`: each shard's progress (`I/N` → version; None: not recorded
+    /// yet); the figures above are then those of the shard furthest behind.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub shards: BTreeMap<String, Option<u64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -365,15 +369,25 @@ async fn score(job: &StatusJob, table: &Opened) -> Part<ScoreStatus> {
     };
     let table_version = table.version().unwrap_or(0);
     let serving = Serving::new(&job.clickhouse, Vec::new());
-    let progress = match serving.progress(location).await {
+    let read = async {
+        Ok::<_, txpipe_connectors::clickhouse::ClickHouseError>((
+            serving.progress(location).await?,
+            serving.shard_progress(location).await?,
+        ))
+    };
+    let (mut progress, recorded) = match read.await {
         Ok(p) => p,
         // No progress table yet (score never ran against this database) reads as no progress.
         Err(e) if serving.ping().await.is_ok() => {
             tracing::debug!(error = %e, "no score progress");
-            None
+            (None, Vec::new())
         }
         Err(e) => return Part::unreachable(e),
     };
+    let shards = shards_of(&recorded);
+    if progress.is_none() && !shards.is_empty() {
+        progress = shards.values().min().copied().flatten();
+    }
     let versions_behind = match progress {
         Some(p) => table_version.saturating_sub(p),
         None => table_version + 1,
@@ -388,7 +402,32 @@ async fn score(job: &StatusJob, table: &Opened) -> Part<ScoreStatus> {
             _ => f64::INFINITY,
         }
     };
-    Part::ok(ScoreStatus { complete_through: progress, table_version, versions_behind, seconds_behind })
+    Part::ok(ScoreStatus {
+        complete_through: progress,
+        table_version,
+        versions_behind,
+        seconds_behind,
+        shards,
+    })
+}
+
+/// Every shard of the largest count recorded (`I/N` for I in 0..N) with its progress, None for
+/// a shard that recorded none yet.
+fn shards_of(recorded: &[(String, u64)]) -> BTreeMap<String, Option<u64>> {
+    let parsed: Vec<(u32, u32, u64)> = recorded
+        .iter()
+        .filter_map(|(shard, v)| {
+            let (i, n) = shard.split_once('/')?;
+            Some((i.parse().ok()?, n.parse().ok()?, *v))
+        })
+        .collect();
+    let Some(count) = parsed.iter().map(|&(_, n, _)| n).max() else { return BTreeMap::new() };
+    (0..count)
+        .map(|i| {
+            let v = parsed.iter().find(|&&(j, n, _)| j == i && n == count).map(|&(_, _, v)| v);
+            (format!("{i}/{count}"), v)
+        })
+        .collect()
 }
 
 fn model(dir: &str) -> Part<ModelStatus> {
@@ -511,12 +550,18 @@ pub fn render(s: &Status) -> String {
         sc.state,
         sc.detail.as_deref(),
         sc.value.as_ref().map_or(String::new(), |v| {
+            let shards: Vec<String> = v
+                .shards
+                .iter()
+                .map(|(s, p)| format!("{s} at {}", p.map_or("none".into(), |c| c.to_string())))
+                .collect();
             format!(
-                "complete through version {} of {}: {} versions, {:.0} s behind",
+                "complete through version {} of {}: {} versions, {:.0} s behind{}",
                 v.complete_through.map_or("none".into(), |c| c.to_string()),
                 v.table_version,
                 v.versions_behind,
-                v.seconds_behind
+                v.seconds_behind,
+                if shards.is_empty() { String::new() } else { format!(" (shards: {})", shards.join(", ")) }
             )
         }),
     );

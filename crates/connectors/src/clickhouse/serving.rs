@@ -356,6 +356,25 @@ impl Serving {
         Ok((found.rows > 0).then_some(found.version))
     }
 
+    /// The progress of the score shards of `source` (recorded as `<source>#shard=I/N`), by
+    /// shard (`I/N`): the highest version of each shard that recorded any.
+    pub async fn shard_progress(&self, source: &str) -> Result<Vec<(String, u64)>> {
+        let prefix = format!("{source}#shard=");
+        let sql = format!(
+            "SELECT substring(source, {}) AS shard, max(delta_version) AS version FROM {} \
+             WHERE substring(source, 1, {}) = ? GROUP BY source ORDER BY source",
+            prefix.len() + 1,
+            self.name(PROGRESS),
+            prefix.len()
+        );
+        self.client
+            .query(&sql)
+            .bind(&prefix)
+            .fetch_all::<(String, u64)>()
+            .await
+            .map_err(self.request_err("reading shard progress"))
+    }
+
     /// Records that every row of `source` up to `version` is in `transactions_realtime`.
     pub async fn record_progress(&self, source: &str, version: u64) -> Result<()> {
         let sql = format!(

@@ -14,7 +14,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::array::{Array, BooleanArray, Int32Array, RecordBatch};
+use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::kernel::Action;
 use deltalake::logstore::LogStoreRef;
@@ -56,6 +57,8 @@ pub struct TableTail {
     max_rows: u64,
     /// The last version to read (None: no end).
     until: Option<u64>,
+    /// Only the rows of the Kafka partitions p with p % count == index: (index, count).
+    partitions: Option<(u32, u32)>,
     /// Data files read at once.
     parallel: usize,
 }
@@ -90,6 +93,7 @@ impl TableTail {
             max_files: max_files.max(1),
             max_rows: max_rows.max(1),
             until: None,
+            partitions: None,
             parallel: 1,
         }
     }
@@ -98,6 +102,38 @@ impl TableTail {
     pub fn reading(mut self, files: usize) -> TableTail {
         self.parallel = files.max(1);
         self
+    }
+
+    /// Hands out only the rows of the Kafka partitions `p` with `p % count == index` (its
+    /// `kafka_partition` column must be read), from the log and from the table alike.
+    pub fn only_partitions(mut self, index: u32, count: u32) -> TableTail {
+        self.partitions = Some((index, count.max(1)));
+        self
+    }
+
+    /// The rows of the partitions this tail hands out.
+    fn keep(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, DeltaError> {
+        let Some((index, count)) = self.partitions else { return Ok(batches) };
+        let err = |detail: String| DeltaError::Read {
+            location: self.location.clone(),
+            source: Box::new(DeltaTableError::Generic(detail)),
+        };
+        let mut out = Vec::with_capacity(batches.len());
+        for b in batches {
+            let column = b.column_by_name("kafka_partition").ok_or_else(|| {
+                err("a shard reads the column `kafka_partition`, which is not there".into())
+            })?;
+            let partition = column.as_any().downcast_ref::<Int32Array>().ok_or_else(|| {
+                err(format!("column `kafka_partition` is {}, not Int32", column.data_type()))
+            })?;
+            let mask: BooleanArray =
+                partition.iter().map(|p| Some(p.is_some_and(|p| p as u32 % count == index))).collect();
+            let kept = filter_record_batch(&b, &mask).map_err(|e| err(e.to_string()))?;
+            if kept.num_rows() > 0 {
+                out.push(kept);
+            }
+        }
+        Ok(out)
     }
 
     /// Reads no version after `last`.
@@ -202,7 +238,7 @@ impl TableTail {
             .map_err(err)?;
         self.next = version + 1;
         self.pending.clear();
-        Ok(per_file.into_iter().flatten().collect())
+        self.keep(per_file.into_iter().flatten().collect())
     }
 
     /// Reads the log entries committed since the last poll and returns the next batch of added
@@ -327,6 +363,7 @@ impl TableTail {
             self.commit_ms = self.commit_ms.split_off(&(last + 1));
         }
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        let batches = self.keep(batches)?;
         Ok(Some(TailBatch { batches, files, rows, complete_through, first_commit_ms }))
     }
 }

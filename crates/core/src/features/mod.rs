@@ -340,6 +340,12 @@ impl Features {
         }
     }
 
+    /// The field the account history is kept by (None without history features).
+    pub fn history_account(&self) -> Option<usize> {
+        self.history_window_us()?;
+        self.history.as_ref().map(|h| h.account)
+    }
+
     /// The fields the account history reads (event time, account, then amount and country
     /// when used); empty without history features. Rows fed only into the history need no
     /// other field.

@@ -103,6 +103,11 @@ impl Scorer {
         self.explainer.explain(&scored.reasons, values, scored.seen.as_ref(), history, out);
     }
 
+    /// The field the account history is kept by (None: no history features).
+    pub fn history_account(&self) -> Option<usize> {
+        self.features.history_account()
+    }
+
     /// The fields [`Self::observe`] reads (see [`Features::history_fields`]).
     pub fn history_fields(&self) -> Vec<usize> {
         self.features.history_fields()

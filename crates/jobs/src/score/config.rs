@@ -38,6 +38,9 @@ pub struct ScoreConfig {
     pub exit_when_idle: Option<f64>,
     /// Log the counters at this interval.
     pub stats_interval: String,
+    /// `I/N`: this score is shard I of N and scores only the rows of the Kafka partitions `p`
+    /// with `p % N == I`, with its own progress and state file ("": the whole table).
+    pub shard: String,
 }
 
 impl Default for ScoreConfig {
@@ -54,6 +57,7 @@ impl Default for ScoreConfig {
             snapshot_interval: "5m".into(),
             exit_when_idle: None,
             stats_interval: "10s".into(),
+            shard: String::new(),
         }
     }
 }
@@ -80,6 +84,29 @@ pub struct ScoreSettings {
     pub snapshot_every: Duration,
     pub exit_when_idle: Option<Duration>,
     pub stats: Duration,
+    pub shard: Option<Shard>,
+}
+
+/// One of N score processes over one table, split by Kafka partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    /// `I/N` with 0 <= I < N.
+    pub fn parse(text: &str) -> Option<Shard> {
+        let (i, n) = text.trim().split_once('/')?;
+        let (index, count) = (i.trim().parse().ok()?, n.trim().parse().ok()?);
+        (count >= 1 && index < count).then_some(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 fn duration(key: &str, text: &str) -> std::result::Result<Duration, ConfigError> {
@@ -119,7 +146,18 @@ impl ScoreConfig {
                 ));
             }
         };
+        let shard = match self.shard.trim() {
+            "" => None,
+            s => Some(Shard::parse(s).ok_or_else(|| {
+                ConfigError::config(
+                    "score.shard",
+                    &self.shard,
+                    "I/N with 0 <= I < N, such as 0/2 (empty: the whole table)",
+                )
+            })?),
+        };
         Ok(ScoreSettings {
+            shard,
             start,
             poll: duration("score.poll_interval", &self.poll_interval)?,
             max_files: self.max_files,
@@ -132,5 +170,26 @@ impl ScoreConfig {
             exit_when_idle,
             stats: duration("score.stats_interval", &self.stats_interval)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_is_i_of_n_with_i_below_n() {
+        assert_eq!(Shard::parse("0/2"), Some(Shard { index: 0, count: 2 }));
+        assert_eq!(Shard::parse(" 3 / 4 "), Some(Shard { index: 3, count: 4 }));
+        assert_eq!(Shard::parse("0/1"), Some(Shard { index: 0, count: 1 }));
+        for bad in ["2/2", "0/0", "1", "a/2", "-1/2", "1/2/3", ""] {
+            assert_eq!(Shard::parse(bad), None, "{bad}");
+        }
+        assert_eq!(ScoreConfig::default().validate().unwrap().shard, None);
+        let c = ScoreConfig { shard: "1/2".into(), ..ScoreConfig::default() };
+        assert_eq!(c.validate().unwrap().shard.map(|s| s.to_string()), Some("1/2".into()));
+        let c = ScoreConfig { shard: "2/2".into(), ..ScoreConfig::default() };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("score.shard") && e.contains("I/N"), "{e}");
     }
 }

@@ -90,6 +90,9 @@ pub(super) struct Run<'a> {
     serving: Serving,
     layout: Layout,
     location: String,
+    /// What the run's progress and state file are kept under: the table's location, with the
+    /// shard (`#shard=I/N`) for a shard of it.
+    progress_key: String,
     /// The columns the stream reads: the schema's fields, then the Kafka position.
     wanted: Vec<(String, DataType)>,
     /// The run's loop, for `/livez`: it turns while the run retries ClickHouse, waits for a
@@ -102,8 +105,19 @@ impl Run<'_> {
     fn tail(&self, columns: &[(String, DataType)]) -> TableTail {
         let columns: Vec<(&str, DataType)> = columns.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
         let s = &self.job.settings;
-        TableTail::new(&self.location, &self.job.tables.storage_options, &columns, 0, s.max_files, s.max_rows)
-            .reading(s.read_parallelism)
+        let tail = TableTail::new(
+            &self.location,
+            &self.job.tables.storage_options,
+            &columns,
+            0,
+            s.max_files,
+            s.max_rows,
+        )
+        .reading(s.read_parallelism);
+        match s.shard {
+            Some(shard) => tail.only_partitions(shard.index, shard.count),
+            None => tail,
+        }
     }
 
     /// Retries of ClickHouse give up once a stop is asked (see [`run`]).
@@ -195,7 +209,12 @@ async fn run_into(job: &ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport)
     wanted.extend([("kafka_partition".into(), DataType::Int32), ("kafka_offset".into(), DataType::Int64)]);
     let layout = Layout::new(&job.schema, serving.columns())?;
     let beat = Beat::new("score");
-    let run = Run { job, shutdown, serving, layout, location: job.tables.clean.clone(), wanted, beat };
+    let location = job.tables.clean.clone();
+    let progress_key = match job.settings.shard {
+        Some(shard) => format!("{location}#shard={shard}"),
+        None => location.clone(),
+    };
+    let run = Run { job, shutdown, serving, layout, location, progress_key, wanted, beat };
     run.retry("creating the serving tables", || run.serving.ensure()).await?;
 
     // A model first: rows are not read before there is one to score them with.
@@ -210,9 +229,10 @@ async fn run_into(job: &ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport)
         }
     };
     report.models.push(watch.id().to_string());
+    check_shard(job, watch.scorer())?;
 
     let mut tail = run.tail(&run.wanted);
-    let progress = run.retry("reading score progress", || run.serving.progress(&run.location)).await?;
+    let progress = run.retry("reading score progress", || run.serving.progress(&run.progress_key)).await?;
     let mut waiting = Waiting::new("the clean table does not exist yet", "");
     let table = loop {
         if let Some(t) = tail.load_newest().await? {
@@ -242,7 +262,7 @@ async fn run_into(job: &ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport)
         run.serving.clone(),
         job.backoff,
         shutdown.clone(),
-        run.location.clone(),
+        run.progress_key.clone(),
         job.clickhouse.insert_rows,
         job.settings.flush,
         run.beat.clone(),
@@ -270,13 +290,36 @@ async fn run_into(job: &ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport)
     stream.run(report).await
 }
 
+/// A shard scores only some Kafka partitions, so each account's events must all be in one
+/// partition: the model's account history must be kept by the field that is the Kafka key.
+pub(super) fn check_shard(job: &ScoreJob, scorer: &txpipe_core::model::Scorer) -> Result<()> {
+    let (Some(shard), Some(account)) = (job.settings.shard, scorer.history_account()) else { return Ok(()) };
+    let fields = job.schema.fields();
+    if job.schema.key_index() == Some(account) {
+        return Ok(());
+    }
+    let key = match job.schema.key_index() {
+        Some(k) => format!("`{}`", fields[k].name),
+        None => "no field (schema.key_field is not set)".to_string(),
+    };
+    Err(JobError::Refused {
+        code: "shard_account_not_key",
+        why: format!(
+            "score.shard = {shard}: a shard scores only some Kafka partitions, so an account's events must all be in \
+             one partition, but the model keeps its account history by `{}` and the Kafka key is {key}; run one \
+             score for the whole table, or key the topic by `{}`",
+            fields[account].name, fields[account].name
+        ),
+    })
+}
+
 /// Where the run's state file is, if it keeps one.
 fn snapshots(run: &Run<'_>, table: &DeltaTable, watch: &ModelWatch) -> Result<Option<Snapshots>> {
     let job = run.job;
     let Some(dir) = &job.settings.state_dir else { return Ok(None) };
     Ok(Some(Snapshots {
-        path: snapshot::file(dir, &run.location, &job.clickhouse.database),
-        location: run.location.clone(),
+        path: snapshot::file(dir, &run.progress_key, &job.clickhouse.database),
+        location: run.progress_key.clone(),
         database: job.clickhouse.database.clone(),
         table_id: txpipe_connectors::delta::table_id(table)?,
         history_key: watch.scorer().history_key(&job.schema),

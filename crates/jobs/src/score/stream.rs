@@ -86,7 +86,7 @@ impl Stream<'_, '_> {
             self.sink.settle_answered(report).await?;
             let newest = self.tail.next_version().checked_sub(1);
             self.lag.show(report.complete_through, newest);
-            self.check_model(report);
+            self.check_model(report)?;
             let Some(polled) = self.poll(report).await? else { continue };
             if std::mem::take(&mut self.waited_for_storage) && idle_since.is_some() {
                 idle_since = Some(Instant::now());
@@ -162,12 +162,13 @@ impl Stream<'_, '_> {
 
     /// A new model from the next micro-batch on; a model whose history differs stops the
     /// state file (a restart builds the history it needs).
-    fn check_model(&mut self, report: &mut ScoreReport) {
+    fn check_model(&mut self, report: &mut ScoreReport) -> Result<()> {
         let schema = &self.run.job.schema;
         if !self.watch.check(schema, self.run.job.settings.model_poll) {
-            return;
+            return Ok(());
         }
         report.models.push(self.watch.id().to_string());
+        super::check_shard(self.run.job, self.watch.scorer())?;
         let key = self.watch.scorer().history_key(schema);
         if self.snapshots.as_ref().is_some_and(|s| s.history_key != key) {
             tracing::info!(
@@ -176,6 +177,7 @@ impl Stream<'_, '_> {
             );
             self.snapshots = None;
         }
+        Ok(())
     }
 
     /// The tail's next micro-batch, retried with the run's backoff while the table's storage

@@ -1,0 +1,154 @@
+//! `txpipe score --shard I/N` against the real services: two shards split one table by Kafka
+//! partition, one of them killed with SIGKILL at random moments and restarted while events keep
+//! coming; every transaction is then once in `transactions_serving`, and each shard kept its
+//! own progress. A model whose account history is not kept by the Kafka key is refused.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+fn brokers() -> String {
+    std::env::var("TXPIPE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn clickhouse_url() -> String {
+    std::env::var("TXPIPE_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+}
+
+fn txpipe(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_txpipe"));
+    c.current_dir(dir)
+        .args(args)
+        .args(["--config", "txpipe.toml", "--brokers", &brokers(), "--clickhouse-url", &clickhouse_url()])
+        .stdout(Stdio::null());
+    c
+}
+
+fn run_ok(mut c: Command, what: &str) -> String {
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{what} failed: {err}");
+    err
+}
+
+fn spawn(mut c: Command, log: &Path) -> Child {
+    c.stderr(std::fs::File::create(log).unwrap()).spawn().unwrap()
+}
+
+fn wait_ok(mut child: Child, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{what} failed: {}", std::fs::read_to_string(log).unwrap_or_default());
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish: {}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn clickhouse(sql: &str) -> String {
+    let out = Command::new("clickhouse-client").args(["--query", sql]).output().unwrap();
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A folder with a table of 4,000 events (4 partitions, keyed by account) and a model.
+fn setup(name: &str, extra: &str) -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let topic = format!("test-{name}-{}-{}", std::process::id(), nanos % 1_000_000_000);
+    let database = format!("test_{name}_{}", std::process::id());
+    std::fs::write(
+        dir.path().join("txpipe.toml"),
+        format!(
+            "[clickhouse]\ndatabase = \"{database}\"\n[ingest]\nflush_rows = 500\n\
+             [score]\nmax_files = 1\nstart = \"0\"\n[train]\nforce = true\n{extra}"
+        ),
+    )
+    .unwrap();
+    run_ok(txpipe(dir.path(), &["produce", "--topic", &topic, "--count", "4000", "--seed", "51"]), "produce");
+    run_ok(txpipe(dir.path(), &["ingest", "--topic", &topic, "--exit-when-idle", "2"]), "ingest");
+    run_ok(txpipe(dir.path(), &["train"]), "train");
+    (dir, topic, database)
+}
+
+#[test]
+fn two_shards_one_killed_at_random_moments_serve_every_transaction_once() {
+    let (dir, topic, database) = setup("shards", "");
+    let d = dir.path();
+    let producer = spawn(
+        txpipe(d, &["produce", "--topic", &topic, "--count", "16000", "--rate", "1000", "--seed", "52"]),
+        &d.join("produce.log"),
+    );
+    let ingest =
+        spawn(txpipe(d, &["ingest", "--topic", &topic, "--exit-when-idle", "5"]), &d.join("ingest.log"));
+    let shard = |i: u32, idle: &str, log: &PathBuf| {
+        spawn(txpipe(d, &["score", "--shard", &format!("{i}/2"), "--exit-when-idle", idle]), log)
+    };
+    let steady_log = d.join("shard-0.log");
+    let steady = shard(0, "10", &steady_log);
+    let seed: u64 = rand::random();
+    eprintln!("kill timing seed {seed}");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for round in 0..5 {
+        let mut killed = shard(1, "30", &d.join(format!("shard-1-{round}.log")));
+        std::thread::sleep(Duration::from_millis(rng.random_range(500..2500)));
+        killed.kill().unwrap(); // SIGKILL
+        killed.wait().unwrap();
+    }
+    wait_ok(producer, "produce", &d.join("produce.log"));
+    wait_ok(ingest, "ingest", &d.join("ingest.log"));
+    wait_ok(steady, "shard 0", &steady_log);
+    for i in [0, 1] {
+        run_ok(txpipe(d, &["score", "--shard", &format!("{i}/2"), "--exit-when-idle", "2"]), "the last runs");
+    }
+    let got = clickhouse(&format!(
+        "SELECT count(), uniqExact(transaction_id), countIf(model_version != '') FROM {database}.transactions_serving"
+    ));
+    assert_eq!(got, "20000\t20000\t20000");
+    // Each shard recorded its own progress, under the table's location and its shard.
+    let sources = clickhouse(&format!(
+        "SELECT arrayStringConcat(groupUniqArray(extract(source, '#shard=.*$')), ',') FROM {database}.txpipe_score_progress"
+    ));
+    let mut sources: Vec<&str> = sources.split(',').collect();
+    sources.sort();
+    assert_eq!(sources, ["#shard=0/2", "#shard=1/2"]);
+    // status shows each shard, both caught up with the table.
+    let out = txpipe(d, &["status", "--json", "--topic", &topic]).stdout(Stdio::piped()).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let score = &status["score"];
+    let newest = score["table_version"].as_u64().unwrap();
+    assert_eq!(score["shards"]["0/2"].as_u64(), Some(newest), "{status}");
+    assert_eq!(score["shards"]["1/2"].as_u64(), Some(newest), "{status}");
+    assert_eq!(score["complete_through"].as_u64(), Some(newest), "{status}");
+    clickhouse(&format!("DROP DATABASE {database}"));
+}
+
+#[test]
+fn a_shard_refuses_a_model_whose_history_is_not_kept_by_the_kafka_key() {
+    let (dir, _topic, database) = setup(
+        "shardkey",
+        "[features.history]\naccount_field = \"merchant_category\"\ncount_in_window = true\n",
+    );
+    let out = txpipe(dir.path(), &["score", "--shard", "0/2", "--exit-when-idle", "1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("score.shard = 0/2")
+            && err.contains("`merchant_category`")
+            && err.contains("`account_id`"),
+        "{err}"
+    );
+    // Without --shard the same model scores.
+    run_ok(txpipe(dir.path(), &["score", "--exit-when-idle", "1"]), "score of the whole table");
+    let _ = Command::new("clickhouse-client")
+        .args(["--query", &format!("DROP DATABASE IF EXISTS {database}")])
+        .status();
+}
