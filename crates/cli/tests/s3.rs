@@ -18,35 +18,15 @@ use txpipe_jobs::produce::ProduceConfig;
 
 #[path = "common/lake.rs"]
 mod lake;
-use lake::{Tables, check_exactly_once, fresh_topic, produce, runtime, spawn, unique, wait_ok};
+use lake::{
+    Tables, check_exactly_once, fresh_topic, produce, runtime, s3_options, s3_tables, spawn, unique, wait_ok,
+};
 
 /// The faults stop the shared store: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn clickhouse_url() -> String {
     std::env::var("TXPIPE_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
-}
-
-/// The storage options that reach the store (as environment variables or config keys).
-fn s3_options() -> Vec<(String, String)> {
-    let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.into());
-    let endpoint = std::env::var("TXPIPE_TEST_S3")
-        .unwrap_or_else(|_| format!("http://127.0.0.1:{}", env("TXPIPE_S3_PORT", "8333")));
-    vec![
-        ("AWS_ENDPOINT_URL".into(), endpoint),
-        ("AWS_ACCESS_KEY_ID".into(), env("AWS_ACCESS_KEY_ID", "txpipe")),
-        ("AWS_SECRET_ACCESS_KEY".into(), env("AWS_SECRET_ACCESS_KEY", "txpipe-secret")),
-        ("AWS_REGION".into(), "us-east-1".into()),
-        ("AWS_ALLOW_HTTP".into(), "true".into()),
-    ]
-}
-
-/// Two tables under a fresh prefix of the bucket; the processes get the options in their
-/// environment.
-fn s3_tables(name: &str) -> Tables {
-    let bucket = std::env::var("TXPIPE_S3_BUCKET").unwrap_or_else(|_| "lake".into());
-    let prefix = format!("s3://{bucket}/{}", unique(name));
-    Tables { clean: format!("{prefix}/clean"), quarantine: format!("{prefix}/quarantine"), env: s3_options() }
 }
 
 fn services(args: &[&str]) {

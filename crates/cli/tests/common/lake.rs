@@ -59,6 +59,29 @@ pub struct Tables {
     pub env: Vec<(String, String)>,
 }
 
+/// The storage options that reach the S3 store of `scripts/services up s3` (TXPIPE_TEST_S3
+/// overrides the endpoint).
+pub fn s3_options() -> Vec<(String, String)> {
+    let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.into());
+    let endpoint = std::env::var("TXPIPE_TEST_S3")
+        .unwrap_or_else(|_| format!("http://127.0.0.1:{}", env("TXPIPE_S3_PORT", "8333")));
+    vec![
+        ("AWS_ENDPOINT_URL".into(), endpoint),
+        ("AWS_ACCESS_KEY_ID".into(), env("AWS_ACCESS_KEY_ID", "txpipe")),
+        ("AWS_SECRET_ACCESS_KEY".into(), env("AWS_SECRET_ACCESS_KEY", "txpipe-secret")),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_ALLOW_HTTP".into(), "true".into()),
+    ]
+}
+
+/// Two tables under a fresh prefix of the bucket; the processes get the options in their
+/// environment.
+pub fn s3_tables(name: &str) -> Tables {
+    let bucket = std::env::var("TXPIPE_S3_BUCKET").unwrap_or_else(|_| "lake".into());
+    let prefix = format!("s3://{bucket}/{}", unique(name));
+    Tables { clean: format!("{prefix}/clean"), quarantine: format!("{prefix}/quarantine"), env: s3_options() }
+}
+
 impl Tables {
     /// Tables in a local folder.
     pub fn local(dir: &Path) -> Tables {
