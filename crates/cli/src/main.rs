@@ -515,10 +515,11 @@ fn score_job(
 
 fn print_train(config: &Config, r: &train::TrainReport) {
     eprintln!(
-        "trained on {} rows ({} read) of Delta version {}: held-out AUC {:.4}, AUC-PR {:.4}, threshold {:.4}; \
+        "trained on {} rows ({} read{}) of Delta version {}: held-out AUC {:.4}, AUC-PR {:.4}, threshold {:.4}; \
          published version {} in {}; read {:.2} s, features {:.2} s, fit {:.2} s, evaluate {:.2} s, publish {:.2} s",
         r.rows_used,
         r.rows_read,
+        if r.from_files { ", from files: more than train.max_rows_in_memory" } else { "" },
         r.delta_version,
         r.holdout_auc,
         r.holdout_auc_pr,

@@ -57,61 +57,65 @@ fn typed(field: &str, kind: FieldType, column: &ArrayRef) -> Result<Column> {
     })
 }
 
+/// Each row's Kafka position (partition, offset), in the order read.
+pub type Positions = Vec<(i64, i64)>;
+
+/// The batches' columns in the types the features read, and each row's Kafka position (in
+/// batch order) when every batch has them.
+type Typed = (Vec<Vec<Column>>, Option<Positions>);
+
+fn typed_batches(schema: &Schema, batches: &[RecordBatch]) -> Result<Typed> {
+    let fields = schema.fields();
+    let mut columns = Vec::with_capacity(batches.len());
+    let mut positions = Some(Vec::new());
+    for b in batches {
+        let typed_columns = fields
+            .iter()
+            .map(|f| match b.column_by_name(&f.name) {
+                Some(c) => typed(&f.name, f.kind, c),
+                None => Ok(Column::Absent),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        columns.push(typed_columns);
+        let partition = b.column_by_name("kafka_partition").filter(|c| c.data_type() != &DataType::Null);
+        let offset = b.column_by_name("kafka_offset").filter(|c| c.data_type() != &DataType::Null);
+        let (Some(p), Some(o), Some(all)) = (partition, offset, positions.as_mut()) else {
+            positions = None;
+            continue;
+        };
+        let p = cast(p, &DataType::Int32).map_err(|e| JobError::data("column `kafka_partition`", e))?;
+        let o = cast(o, &DataType::Int64).map_err(|e| JobError::data("column `kafka_offset`", e))?;
+        let (p, o) = (
+            p.as_primitive::<Int32Type>(),
+            o.as_primitive::<txpipe_connectors::delta::arrow::datatypes::Int64Type>(),
+        );
+        all.extend((0..b.num_rows()).map(|i| (p.value(i) as i64, o.value(i))));
+    }
+    Ok((columns, positions))
+}
+
 impl Rows {
     /// Takes the projected batches (the schema's fields by name, then `kafka_partition` and
     /// `kafka_offset`), orders the rows and drops repeated ids.
     pub fn new(schema: &Schema, batches: &[RecordBatch], label: Option<usize>) -> Result<Rows> {
-        let fields = schema.fields();
-        let mut columns = Vec::with_capacity(batches.len());
-        let mut keys: Vec<(i64, i64, u32, u32)> = Vec::new();
-        let mut have_positions = true;
-        for b in batches {
-            let typed_columns = fields
-                .iter()
-                .map(|f| match b.column_by_name(&f.name) {
-                    Some(c) => typed(&f.name, f.kind, c),
-                    None => Ok(Column::Absent),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let partition = b.column_by_name("kafka_partition").filter(|c| c.data_type() != &DataType::Null);
-            let offset = b.column_by_name("kafka_offset").filter(|c| c.data_type() != &DataType::Null);
-            have_positions &= partition.is_some() && offset.is_some();
-            columns.push(typed_columns);
-            if let (Some(p), Some(o)) = (partition, offset) {
-                let p =
-                    cast(p, &DataType::Int32).map_err(|e| JobError::data("column `kafka_partition`", e))?;
-                let o = cast(o, &DataType::Int64).map_err(|e| JobError::data("column `kafka_offset`", e))?;
-                let (p, o) = (
-                    p.as_primitive::<Int32Type>(),
-                    o.as_primitive::<txpipe_connectors::delta::arrow::datatypes::Int64Type>(),
-                );
-                let bi = (columns.len() - 1) as u32;
-                keys.extend((0..b.num_rows()).map(|i| (p.value(i) as i64, o.value(i), bi, i as u32)));
-            }
-        }
-        let mut rows = Rows {
-            columns,
-            order: Vec::new(),
-            read: batches.iter().map(|b| b.num_rows() as u64).sum(),
-            time: schema.time_index(),
-            label,
-        };
+        let (mut rows, positions) = Rows::unordered(schema, batches, label)?;
         let id = schema.id_index();
-        let mut order: Vec<(u32, u32)> = if have_positions {
-            keys.sort_unstable();
-            keys.into_iter().map(|(_, _, b, i)| (b, i)).collect()
-        } else {
-            let mut all: Vec<(u32, u32)> = batches
-                .iter()
-                .enumerate()
-                .flat_map(|(b, batch)| (0..batch.num_rows() as u32).map(move |i| (b as u32, i)))
-                .collect();
-            all.sort_by(|&a, &b| {
-                rows.time_of(a)
-                    .cmp(&rows.time_of(b))
-                    .then_with(|| rows.str_of(id, a).cmp(&rows.str_of(id, b)))
-            });
-            all
+        let mut order = match positions {
+            Some(positions) => {
+                let mut keys: Vec<(i64, i64, u32, u32)> =
+                    rows.order.iter().zip(positions).map(|(&(b, i), (p, o))| (p, o, b, i)).collect();
+                keys.sort_unstable();
+                keys.into_iter().map(|(_, _, b, i)| (b, i)).collect()
+            }
+            None => {
+                let mut all = std::mem::take(&mut rows.order);
+                all.sort_by(|&a, &b| {
+                    rows.time_of(a)
+                        .cmp(&rows.time_of(b))
+                        .then_with(|| rows.str_of(id, a).cmp(&rows.str_of(id, b)))
+                });
+                all
+            }
         };
         let mut seen: HashSet<&str, foldhash::fast::RandomState> =
             HashSet::with_capacity_and_hasher(order.len(), Default::default());
@@ -119,6 +123,30 @@ impl Rows {
         drop(seen);
         rows.order = order;
         Ok(rows)
+    }
+
+    /// The rows of the batches in the order read, none dropped, and each one's Kafka position
+    /// when every batch has them (the order of [`Rows::new`] is by those positions, else by
+    /// event time and id; the first of each id in that order is kept).
+    pub fn unordered(
+        schema: &Schema,
+        batches: &[RecordBatch],
+        label: Option<usize>,
+    ) -> Result<(Rows, Option<Positions>)> {
+        let (columns, positions) = typed_batches(schema, batches)?;
+        let order = batches
+            .iter()
+            .enumerate()
+            .flat_map(|(b, batch)| (0..batch.num_rows() as u32).map(move |i| (b as u32, i)))
+            .collect();
+        let rows = Rows {
+            columns,
+            order,
+            read: batches.iter().map(|b| b.num_rows() as u64).sum(),
+            time: schema.time_index(),
+            label,
+        };
+        Ok((rows, positions))
     }
 
     /// Lets go of a field's columns (its values read as absent from here on).

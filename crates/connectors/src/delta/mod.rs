@@ -32,7 +32,7 @@ pub use deltalake::kernel::Add;
 pub use deltalake::parquet;
 pub use errors::DeltaError;
 pub use maintenance::{CompactReport, compact, vacuum};
-pub use read::{DataFile, Projection, data_files, read_columns, read_file, read_rows, string_values};
+pub use read::{DataFile, Projection, Scan, data_files, read_columns, read_file, read_rows, string_values};
 pub use rows::{CleanRows, EVENT_DATE, QuarantineRows, arrow_type, clean_schema, quarantine_schema};
 pub use table::{Table, commit_time, open_existing, probe, transaction_versions};
 pub use tail::{TableTail, TailBatch, has_columns, table_id};

@@ -118,46 +118,105 @@ pub async fn read_columns(
     columns: &[&str],
     parallel: usize,
 ) -> Result<Projection, super::DeltaError> {
-    use deltalake::arrow::datatypes::{Field, Schema};
-    use futures::StreamExt;
+    let scan = Scan::new(location, storage_options, version, columns).await?;
+    let (version, absent) = (scan.version, scan.absent.clone());
+    let mut batches = Vec::new();
+    scan.each_file(parallel, |b| {
+        batches.extend(b);
+        Ok::<_, super::DeltaError>(())
+    })
+    .await?;
+    Ok(Projection { version, batches, absent })
+}
 
-    let mut table = super::open_existing(location, storage_options).await?;
-    let read_err = |source: DeltaTableError| super::DeltaError::Read {
-        location: location.to_string(),
-        source: Box::new(source),
-    };
-    if let Some(v) = version {
-        table.load_version(v).await.map_err(read_err)?;
-    }
-    let version =
-        table.version().ok_or_else(|| read_err(DeltaTableError::NotATable(location.to_string())))?;
-    let table_schema = table.snapshot().map_err(read_err)?.snapshot().arrow_schema();
-    let partition_columns: Vec<String> =
-        table.snapshot().map_err(read_err)?.metadata().partition_columns().to_vec();
-    let fields: Vec<Field> = columns
-        .iter()
-        .map(|c| match table_schema.field_with_name(c) {
-            Ok(f) => f.clone().with_nullable(true),
-            Err(_) => Field::new(*c, DataType::Null, true),
+/// `columns` of a table's rows at a version, read a data file at a time (see [`read_columns`]).
+pub struct Scan {
+    location: String,
+    pub version: u64,
+    /// Requested columns the table does not have (all null in the batches).
+    pub absent: Vec<String>,
+    store: deltalake::logstore::ObjectStoreRef,
+    out_schema: deltalake::arrow::datatypes::SchemaRef,
+    partition_columns: Vec<String>,
+    files: Vec<DataFile>,
+    rows: Option<u64>,
+}
+
+impl Scan {
+    pub async fn new(
+        location: &str,
+        storage_options: &std::collections::BTreeMap<String, String>,
+        version: Option<u64>,
+        columns: &[&str],
+    ) -> Result<Scan, super::DeltaError> {
+        use deltalake::arrow::datatypes::{Field, Schema};
+
+        let mut table = super::open_existing(location, storage_options).await?;
+        let read_err = |source: DeltaTableError| super::DeltaError::Read {
+            location: location.to_string(),
+            source: Box::new(source),
+        };
+        if let Some(v) = version {
+            table.load_version(v).await.map_err(read_err)?;
+        }
+        let version =
+            table.version().ok_or_else(|| read_err(DeltaTableError::NotATable(location.to_string())))?;
+        let snapshot = table.snapshot().map_err(read_err)?;
+        let table_schema = snapshot.snapshot().arrow_schema();
+        let partition_columns: Vec<String> = snapshot.metadata().partition_columns().to_vec();
+        let rows = snapshot.log_data().iter().map(|f| f.num_records().map(|n| n as u64)).sum();
+        let fields: Vec<Field> = columns
+            .iter()
+            .map(|c| match table_schema.field_with_name(c) {
+                Ok(f) => f.clone().with_nullable(true),
+                Err(_) => Field::new(*c, DataType::Null, true),
+            })
+            .collect();
+        let absent: Vec<String> =
+            fields.iter().filter(|f| f.data_type() == &DataType::Null).map(|f| f.name().clone()).collect();
+        Ok(Scan {
+            location: location.to_string(),
+            version,
+            absent,
+            store: table.object_store(),
+            out_schema: Arc::new(Schema::new(fields)),
+            partition_columns,
+            files: data_files(&table).map_err(read_err)?,
+            rows,
         })
-        .collect();
-    let absent: Vec<String> =
-        fields.iter().filter(|f| f.data_type() == &DataType::Null).map(|f| f.name().clone()).collect();
-    let out_schema = Arc::new(Schema::new(fields));
-    let store = table.object_store();
-    let files = data_files(&table).map_err(read_err)?;
-    let read_one = |file: DataFile| {
-        let (store, out_schema, partition_columns) =
-            (store.clone(), out_schema.clone(), partition_columns.clone());
-        async move { read_projected(store, &file, &out_schema, &partition_columns).await }
-    };
-    let per_file: Vec<Vec<RecordBatch>> = futures::stream::iter(files)
-        .map(read_one)
-        .buffered(parallel.max(1))
-        .try_collect()
-        .await
-        .map_err(read_err)?;
-    Ok(Projection { version, batches: per_file.into_iter().flatten().collect(), absent })
+    }
+
+    /// The rows of the version, as its log counts them (None when a file's statistics do not
+    /// say).
+    pub fn rows(&self) -> Option<u64> {
+        self.rows
+    }
+
+    /// Calls `each` with the batches of each data file, in file order, `parallel` files read
+    /// at once.
+    pub async fn each_file<E: From<super::DeltaError>>(
+        self,
+        parallel: usize,
+        mut each: impl FnMut(Vec<RecordBatch>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        use futures::StreamExt;
+
+        let Scan { location, store, out_schema, partition_columns, files, .. } = self;
+        let read_one = |file: DataFile| {
+            let (store, out_schema, partition_columns) =
+                (store.clone(), out_schema.clone(), partition_columns.clone());
+            async move { read_projected(store, &file, &out_schema, &partition_columns).await }
+        };
+        let mut per_file = futures::stream::iter(files).map(read_one).buffered(parallel.max(1));
+        while let Some(batches) = per_file.next().await {
+            let batches = batches.map_err(|source| super::DeltaError::Read {
+                location: location.clone(),
+                source: Box::new(source),
+            })?;
+            each(batches)?;
+        }
+        Ok(())
+    }
 }
 
 // parquet 59 deprecates `ParquetObjectReader` in favour of a hand-written `AsyncFileReader`;

@@ -81,6 +81,14 @@ pub enum FitError {
     Shape { rows: usize, labels: usize },
     #[error("the Hessian is not positive definite (step {iteration}); raise the L2 strength")]
     Singular { iteration: u32 },
+    #[error("reading the spilled feature matrix: {0}")]
+    Read(String),
+}
+
+impl From<std::io::Error> for FitError {
+    fn from(e: std::io::Error) -> Self {
+        FitError::Read(e.to_string())
+    }
 }
 
 /// `1 / (1 + e^-z)`, without overflow.
@@ -160,16 +168,51 @@ struct Sums {
     hessian: Vec<f64>,
 }
 
+/// A matrix and its labels read a chunk of rows at a time, in row order: one chunk for a
+/// matrix in memory, many for one spilled to a file. Every chunk but the last holds a multiple
+/// of [`CHUNK_MULTIPLE`] rows, so the fit's blocks of rows and its sums in 8 lanes fall as they
+/// do over one matrix: a fit over chunks is the fit over the whole, bit for bit.
+pub trait Chunks: Sync {
+    /// Rows in all.
+    fn rows(&self) -> usize;
+    /// Calls `each` with the chunks in row order.
+    fn each(&self, each: &mut dyn FnMut(&Matrix, &[u8])) -> std::io::Result<()>;
+}
+
+/// Chunks other than the last hold a multiple of this many rows.
+pub const CHUNK_MULTIPLE: usize = 16_384;
+
+/// A matrix in memory and its labels: one chunk.
+impl Chunks for (&Matrix, &[u8]) {
+    fn rows(&self) -> usize {
+        self.0.rows()
+    }
+
+    fn each(&self, each: &mut dyn FnMut(&Matrix, &[u8])) -> std::io::Result<()> {
+        each(self.0, self.1);
+        Ok(())
+    }
+}
+
 /// Fits a logistic regression of `y` (0 or 1) on the columns of `x`.
 pub fn fit(x: &Matrix, y: &[u8], options: &FitOptions) -> Result<LogisticModel, FitError> {
-    let (n, d) = (x.rows(), x.cols());
+    if y.len() != x.rows() {
+        return Err(FitError::Shape { rows: x.rows(), labels: y.len() });
+    }
+    fit_chunks(&(x, y), options)
+}
+
+/// [`fit`] over a matrix read in chunks (see [`Chunks`]).
+pub fn fit_chunks(x: &dyn Chunks, options: &FitOptions) -> Result<LogisticModel, FitError> {
+    let n = x.rows();
     if n == 0 {
         return Err(FitError::NoRows);
     }
-    if y.len() != n {
-        return Err(FitError::Shape { rows: n, labels: y.len() });
-    }
-    let positives = y.iter().filter(|&&v| v != 0).count();
+    let (mut positives, mut d) = (0, 0);
+    x.each(&mut |m, y| {
+        positives += y.iter().filter(|&&v| v != 0).count();
+        d = m.cols();
+    })?;
     if positives == 0 || positives == n {
         return Err(FitError::OneClass { rows: n, positives });
     }
@@ -180,41 +223,43 @@ pub fn fit(x: &Matrix, y: &[u8], options: &FitOptions) -> Result<LogisticModel, 
         }
         ClassWeight::Given { negative, positive } => (negative, positive),
     };
-    let (means, stds) = standardisation(x);
+    let (means, stds) = standardisation(x, d, n)?;
     let p = d + 1;
     let mut beta = vec![0.0; p];
     // Start from the intercept of the base rate.
     let base = (positives as f64 * w_pos) / (positives as f64 * w_pos + (n - positives) as f64 * w_neg);
     beta[d] = (base / (1.0 - base)).ln();
-    let blocks = n.div_ceil(BLOCK);
-    let shape = Shape::of(x);
-    let pass = |beta: &[f64]| -> Sums {
-        let parts: Vec<Sums> = (0..blocks)
-            .into_par_iter()
-            .map(|b| {
-                block_sums(
-                    &shape,
-                    y,
-                    &means,
-                    &stds,
-                    beta,
-                    (w_neg, w_pos),
-                    b * BLOCK..((b + 1) * BLOCK).min(n),
-                )
-            })
-            .collect();
+    // Each block's sums on all cores, added to the total in block order.
+    let pass = |beta: &[f64]| -> Result<Sums, FitError> {
         let mut total = Sums { loss: 0.0, weight: 0.0, gradient: vec![0.0; p], hessian: vec![0.0; p * p] };
-        for s in parts {
-            total.loss += s.loss;
-            total.weight += s.weight;
-            total.gradient.iter_mut().zip(&s.gradient).for_each(|(a, b)| *a += b);
-            total.hessian.iter_mut().zip(&s.hessian).for_each(|(a, b)| *a += b);
-        }
-        total
+        x.each(&mut |m, y| {
+            let (rows, shape) = (m.rows(), Shape::of(m));
+            let parts: Vec<Sums> = (0..rows.div_ceil(BLOCK))
+                .into_par_iter()
+                .map(|b| {
+                    block_sums(
+                        &shape,
+                        y,
+                        &means,
+                        &stds,
+                        beta,
+                        (w_neg, w_pos),
+                        b * BLOCK..((b + 1) * BLOCK).min(rows),
+                    )
+                })
+                .collect();
+            for s in parts {
+                total.loss += s.loss;
+                total.weight += s.weight;
+                total.gradient.iter_mut().zip(&s.gradient).for_each(|(a, b)| *a += b);
+                total.hessian.iter_mut().zip(&s.hessian).for_each(|(a, b)| *a += b);
+            }
+        })?;
+        Ok(total)
     };
     let penalised =
         |s: &Sums, beta: &[f64]| s.loss + 0.5 * options.l2 * beta[..d].iter().map(|b| b * b).sum::<f64>();
-    let mut sums = pass(&beta);
+    let mut sums = pass(&beta)?;
     let mut objective = penalised(&sums, &beta);
     let (mut iterations, mut converged) = (0, false);
     while iterations < options.max_iter {
@@ -230,7 +275,7 @@ pub fn fit(x: &Matrix, y: &[u8], options: &FitOptions) -> Result<LogisticModel, 
         let mut scale = 1.0;
         let (next, next_sums, next_objective) = loop {
             let candidate: Vec<f64> = beta.iter().zip(&step).map(|(b, s)| b - scale * s).collect();
-            let s = pass(&candidate);
+            let s = pass(&candidate)?;
             let o = penalised(&s, &candidate);
             if o <= objective * (1.0 + 1e-12) || scale < 1e-6 {
                 break (candidate, s, o);
@@ -267,38 +312,63 @@ pub fn fit(x: &Matrix, y: &[u8], options: &FitOptions) -> Result<LogisticModel, 
 
 /// Per column, the mean and the (population) standard deviation; 1 for a constant column.
 /// Columns side by side on all cores; each sum in 8 lanes in a fixed order, whether the column
-/// is kept as values or as codes (a 0/1 column gives the same bits either way).
-fn standardisation(x: &Matrix) -> (Vec<f64>, Vec<f64>) {
-    let n = x.rows() as f64;
-    let stats = |j: usize| -> (f64, f64) {
-        let (sum, squares): (f64, Box<dyn Fn(f64) -> f64>) = match x.column(j) {
-            ColumnRef::Dense(v) => {
-                let mean = sum8(v, |v| v as f64) / n;
-                (mean, Box::new(move |mean| sum8(v, |v| (v as f64 - mean).powi(2))))
+/// is kept as values or as codes (a 0/1 column gives the same bits either way), carried from
+/// chunk to chunk.
+fn standardisation(x: &dyn Chunks, d: usize, n: usize) -> Result<(Vec<f64>, Vec<f64>), FitError> {
+    let rows = n as f64;
+    // Σ v, then Σ (v − mean)²: two passes.
+    let mut sums = vec![Lanes::default(); d];
+    x.each(&mut |m, _| {
+        sums.par_iter_mut().enumerate().for_each(|(j, l)| match m.column(j) {
+            ColumnRef::Dense(v) => l.add(v, |v| v as f64),
+            ColumnRef::Indicator { codes, code } => l.add(codes, |c| if c == code { 1.0 } else { 0.0 }),
+        })
+    })?;
+    let means: Vec<f64> = sums.iter().map(|l| l.total() / rows).collect();
+    let mut squares = vec![Lanes::default(); d];
+    x.each(&mut |m, _| {
+        squares.par_iter_mut().enumerate().for_each(|(j, l)| {
+            let mean = means[j];
+            match m.column(j) {
+                ColumnRef::Dense(v) => l.add(v, |v| (v as f64 - mean).powi(2)),
+                ColumnRef::Indicator { codes, code } => {
+                    l.add(codes, |c| (if c == code { 1.0 } else { 0.0 } - mean).powi(2))
+                }
             }
-            ColumnRef::Indicator { codes, code } => {
-                let hot = move |c: u16| if c == code { 1.0 } else { 0.0 };
-                let mean = sum8(codes, hot) / n;
-                (mean, Box::new(move |mean| sum8(codes, |c| (hot(c) - mean).powi(2))))
-            }
-        };
-        let std = (squares(sum) / n).sqrt();
-        (sum, if std > 1e-12 { std } else { 1.0 })
-    };
-    (0..x.cols()).into_par_iter().map(stats).unzip()
+        })
+    })?;
+    let stds = squares
+        .iter()
+        .map(|l| {
+            let std = (l.total() / rows).sqrt();
+            if std > 1e-12 { std } else { 1.0 }
+        })
+        .collect();
+    Ok((means, stds))
 }
 
-/// `Σ term(v)` in 8 lanes, summed in lane order, then the tail.
-fn sum8<T: Copy>(values: &[T], term: impl Fn(T) -> f64) -> f64 {
-    let mut lanes = [0.0; 8];
-    let chunks = values.chunks_exact(8);
-    let tail = chunks.remainder().iter().fold(0.0, |s, &v| s + term(v));
-    for c in chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l += term(v);
+/// `Σ term(v)` in 8 lanes, summed in lane order, then the tail; over values that come in
+/// pieces, every piece but the last a whole number of 8 values.
+#[derive(Debug, Clone, Copy, Default)]
+struct Lanes {
+    lanes: [f64; 8],
+    tail: f64,
+}
+
+impl Lanes {
+    fn add<T: Copy>(&mut self, values: &[T], term: impl Fn(T) -> f64) {
+        let chunks = values.chunks_exact(8);
+        self.tail = chunks.remainder().iter().fold(0.0, |s, &v| s + term(v));
+        for c in chunks {
+            for (l, &v) in self.lanes.iter_mut().zip(c) {
+                *l += term(v);
+            }
         }
     }
-    lanes.iter().sum::<f64>() + tail
+
+    fn total(&self) -> f64 {
+        self.lanes.iter().sum::<f64>() + self.tail
+    }
 }
 
 /// How the fit reads a matrix: its dense columns a block of rows at a time, standardised into
@@ -502,6 +572,10 @@ fn solve_cholesky(h: &mut [f64], g: &[f64], p: usize) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn standardise(x: &Matrix) -> (Vec<f64>, Vec<f64>) {
+        standardisation(&(x, &[][..]), x.cols(), x.rows()).unwrap()
+    }
     use rand::{Rng, SeedableRng};
 
     /// Rows from a known logistic model over standard-normal features of the given scales.
@@ -645,8 +719,8 @@ mod tests {
     fn sums_over_codes_equal_the_sums_over_expanded_columns_for(sizes: &[usize]) {
         let (rows, y, compact) = with_groups(5_000, 12, sizes);
         let expanded = dense(&rows);
-        let (means, stds) = standardisation(&compact);
-        assert_eq!((means.clone(), stds.clone()), standardisation(&expanded));
+        let (means, stds) = standardise(&compact);
+        assert_eq!((means.clone(), stds.clone()), standardise(&expanded));
         let p = compact.cols() + 1;
         let beta: Vec<f64> =
             (0..p).map(|j| if j + 1 == p { -1.5 } else { ((j * 37 % 11) as f64 - 5.0) / 20.0 }).collect();
@@ -679,7 +753,7 @@ mod tests {
     #[test]
     fn a_blocks_loss_is_the_sum_of_its_rows_logistic_losses() {
         let (x, y) = known(5_000, &[1.0, 3.0], &[0.7, 2.0], -1.0, 13);
-        let (means, stds) = standardisation(&x);
+        let (means, stds) = standardise(&x);
         let beta = [0.9, 5.5, -1.2];
         let sums = block_sums(&Shape::of(&x), &y, &means, &stds, &beta, (1.0, 3.0), 0..5_000);
         let mut want = 0.0;

@@ -307,8 +307,51 @@ impl MatrixBuilder {
         }
     }
 
+    /// Rows pushed so far.
+    pub fn rows(&self) -> usize {
+        self.dense.first().map(|(_, c)| c.len()).or(self.groups.first().map(|(_, c)| c.len())).unwrap_or(0)
+    }
+
+    /// Writes the rows pushed so far and empties the builder: each dense column's values, then
+    /// each group's codes, little-endian ([`Self::fill_from`] reads them back).
+    pub fn drain_to(&mut self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        for (_, column) in &mut self.dense {
+            bytes.clear();
+            bytes.extend(column.iter().flat_map(|v| v.to_le_bytes()));
+            w.write_all(&bytes)?;
+            column.clear();
+        }
+        for (_, codes) in &mut self.groups {
+            bytes.clear();
+            bytes.extend(codes.iter().flat_map(|v| v.to_le_bytes()));
+            w.write_all(&bytes)?;
+            codes.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads `rows` rows written by [`Self::drain_to`] of a builder of the same shape into
+    /// this (empty) one.
+    pub fn fill_from(&mut self, rows: usize, r: &mut impl std::io::Read) -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        for (_, column) in &mut self.dense {
+            bytes.resize(rows * 4, 0);
+            r.read_exact(&mut bytes)?;
+            column.clear();
+            column.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        }
+        for (_, codes) in &mut self.groups {
+            bytes.resize(rows * 2, 0);
+            r.read_exact(&mut bytes)?;
+            codes.clear();
+            codes.extend(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])));
+        }
+        Ok(())
+    }
+
     pub fn finish(self) -> Matrix {
-        let rows = self.dense.first().map(|(_, c)| c.len()).or(self.groups.first().map(|(_, c)| c.len()));
+        let rows = self.rows();
         let mut columns: Vec<Option<Column>> = (0..self.width).map(|_| None).collect();
         for (j, c) in self.dense {
             columns[j] = Some(Column::Dense(c));
@@ -320,7 +363,7 @@ impl MatrixBuilder {
             }
         }
         let columns: Vec<Column> = columns.into_iter().flatten().collect();
-        Matrix { rows: rows.unwrap_or(0), columns }
+        Matrix { rows, columns }
     }
 }
 
@@ -356,6 +399,30 @@ mod tests {
         assert_eq!(picked.get(1, 1), 1.0);
         assert_eq!(picked.get(1, 2), 0.0);
         assert_eq!(m.slice_rows(1..3).get(0, 3), 1.0);
+    }
+
+    #[test]
+    fn rows_drained_to_bytes_read_back_as_the_same_matrix() {
+        let push = |b: &mut MatrixBuilder, i: usize| {
+            let mut r = [i as f32 * 0.25, 0.0, 0.0, 0.0, -(i as f32)];
+            r[1 + i % 3] = 1.0;
+            b.push(&r);
+        };
+        let groups = std::slice::from_ref(&(1..4));
+        let mut written = MatrixBuilder::new(5, groups, 0);
+        let mut bytes = Vec::new();
+        for i in 0..7 {
+            push(&mut written, i);
+        }
+        written.drain_to(&mut bytes).unwrap();
+        assert_eq!((written.rows(), bytes.len()), (0, 7 * (2 * 4 + 2)));
+        let mut read = MatrixBuilder::new(5, groups, 0);
+        read.fill_from(7, &mut bytes.as_slice()).unwrap();
+        let mut whole = MatrixBuilder::new(5, groups, 7);
+        for i in 0..7 {
+            push(&mut whole, i);
+        }
+        assert_eq!(read.finish(), whole.finish());
     }
 
     #[test]

@@ -10,7 +10,9 @@ mod onehot;
 pub mod scorer;
 
 pub use artifact::{HyperParameters, Lineage, Metrics, ModelArtifact};
-pub use logistic::{ClassWeight, FitError, FitOptions, LogisticModel, fit, sigmoid};
+pub use logistic::{
+    CHUNK_MULTIPLE, Chunks, ClassWeight, FitError, FitOptions, LogisticModel, fit, fit_chunks, sigmoid,
+};
 pub use matrix::{ColumnRef, Layout, Matrix, MatrixBuilder, OneHot};
 pub use metrics::{AtThreshold, Evaluation, ThresholdTarget, choose_threshold, evaluate};
 pub use scorer::{Scored, Scorer};

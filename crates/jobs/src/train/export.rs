@@ -14,7 +14,7 @@ use std::sync::Arc;
 use txpipe_connectors::delta::arrow::array::{ArrayRef, Float32Array, RecordBatch, UInt8Array};
 use txpipe_connectors::delta::arrow::datatypes::{DataType, Field, Schema};
 use txpipe_connectors::delta::parquet::arrow::ArrowWriter;
-use txpipe_core::model::Matrix;
+use txpipe_core::model::Chunks;
 
 use crate::{JobError, Result};
 
@@ -24,7 +24,7 @@ pub const LABEL: &str = "_label";
 pub const SLICE: &str = "_slice";
 
 /// Writes the slices (features, labels) under `names` to `path`.
-pub fn write(path: &Path, names: &[String], slices: [(&Matrix, &[u8]); 3]) -> Result<()> {
+pub fn write(path: &Path, names: &[String], slices: [&dyn Chunks; 3]) -> Result<()> {
     if let Some(clash) = names.iter().find(|n| *n == LABEL || *n == SLICE) {
         return Err(JobError::Config(txpipe_core::Error::config(
             "train.export_features",
@@ -43,22 +43,29 @@ pub fn write(path: &Path, names: &[String], slices: [(&Matrix, &[u8]); 3]) -> Re
     // A slice at a time, in blocks of rows, so the copy in Arrow arrays stays small.
     const BLOCK: usize = 1 << 20;
     let mut scratch = Vec::new();
-    for (slice, (x, y)) in slices.into_iter().enumerate() {
-        let mut from = 0;
-        while from < y.len() {
-            let to = (from + BLOCK).min(y.len());
-            let mut columns: Vec<ArrayRef> = (0..x.cols())
-                .map(|j| {
-                    Arc::new(Float32Array::from(x.column_values(j, from..to, &mut scratch).to_vec()))
-                        as ArrayRef
-                })
-                .collect();
-            columns.push(Arc::new(UInt8Array::from(y[from..to].to_vec())));
-            columns.push(Arc::new(UInt8Array::from(vec![slice as u8; to - from])));
-            let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| failed(&e))?;
-            writer.write(&batch).map_err(|e| failed(&e))?;
-            from = to;
-        }
+    let mut written = Ok(());
+    for (slice, chunks) in slices.into_iter().enumerate() {
+        chunks
+            .each(&mut |x, y| {
+                let mut from = 0;
+                while from < y.len() && written.is_ok() {
+                    let to = (from + BLOCK).min(y.len());
+                    let mut columns: Vec<ArrayRef> = (0..x.cols())
+                        .map(|j| {
+                            Arc::new(Float32Array::from(x.column_values(j, from..to, &mut scratch).to_vec()))
+                                as ArrayRef
+                        })
+                        .collect();
+                    columns.push(Arc::new(UInt8Array::from(y[from..to].to_vec())));
+                    columns.push(Arc::new(UInt8Array::from(vec![slice as u8; to - from])));
+                    written = RecordBatch::try_new(schema.clone(), columns)
+                        .map_err(|e| failed(&e))
+                        .and_then(|batch| writer.write(&batch).map_err(|e| failed(&e)));
+                    from = to;
+                }
+            })
+            .map_err(|e| JobError::io(&partial, e))?;
+        std::mem::replace(&mut written, Ok(()))?;
     }
     writer.close().map_err(|e| failed(&e))?;
     std::fs::rename(&partial, path).map_err(|e| JobError::io(path, e))

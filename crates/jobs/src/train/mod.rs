@@ -12,6 +12,8 @@
 
 pub mod export;
 pub mod report;
+mod spill;
+mod spilled;
 
 use std::time::Instant;
 
@@ -60,6 +62,11 @@ pub struct TrainConfig {
     /// Also write the feature matrix of the run (every slice, with labels) to this Parquet
     /// file (see [`export`]).
     pub export_features: Option<String>,
+    /// A table of more rows than this (as its log counts them) is trained from files rather
+    /// than in memory: the memory then stays flat whatever the rows (see `spill`); 0: always.
+    pub max_rows_in_memory: u64,
+    /// Where those files go ("": the system's temporary folder); removed at the end.
+    pub spill_dir: String,
 }
 
 impl Default for TrainConfig {
@@ -77,6 +84,8 @@ impl Default for TrainConfig {
             force: false,
             read_parallelism: 4,
             export_features: None,
+            max_rows_in_memory: 6_000_000,
+            spill_dir: String::new(),
         }
     }
 }
@@ -142,6 +151,13 @@ impl TrainConfig {
                 ));
             }
         }
+        if !self.spill_dir.is_empty() && !std::path::Path::new(&self.spill_dir).is_dir() {
+            return Err(ConfigError::config(
+                "train.spill_dir",
+                &self.spill_dir,
+                "an existing folder (\"\": the system's temporary folder)",
+            ));
+        }
         Ok(TrainSettings {
             config: self.clone(),
             target,
@@ -182,6 +198,8 @@ pub struct TrainReport {
     pub delta_version: u64,
     pub rows_read: u64,
     pub rows_used: u64,
+    /// Trained from files rather than in memory (`train.max_rows_in_memory`).
+    pub from_files: bool,
     pub holdout_auc: f64,
     pub holdout_auc_pr: f64,
     pub threshold: f64,
@@ -213,9 +231,9 @@ fn stage_done(stage: &'static str, seconds: f64) {
     }
 }
 
-/// The value at quantile `q` of sorted `times`.
-fn quantile(times: &[i64], q: f64) -> i64 {
-    times[((times.len() as f64 * q) as usize).min(times.len() - 1)]
+/// The rank, among `n` sorted values, of the value at quantile `q`.
+fn rank(n: usize, q: f64) -> usize {
+    ((n as f64 * q) as usize).min(n - 1)
 }
 
 /// The stages of a run: a spinner naming the one under way (on a terminal only: indicatif
@@ -335,7 +353,24 @@ async fn run_stages(
     stages: &Stages,
 ) -> Result<TrainReport> {
     stages.begin(format!("reading {}", job.tables.clean))?;
-    let projection = read(&job, &spec, label).await?;
+    let scan = open(&job, &spec, label).await?;
+    let limit = job.settings.config.max_rows_in_memory;
+    let input = match scan.rows() {
+        Some(rows) if rows > limit => {
+            tracing::info!(rows, max_rows_in_memory = limit, "training from files, not in memory");
+            Input::Spilled(spilled::read(&job, label, scan).await?)
+        }
+        _ => {
+            let parallelism = job.settings.config.read_parallelism;
+            let (version, mut batches) = (scan.version, Vec::new());
+            scan.each_file(parallelism, |b| {
+                batches.extend(b);
+                Ok::<_, JobError>(())
+            })
+            .await?;
+            Input::Memory { version, batches }
+        }
+    };
     // The rest is CPU work (and local files): on a blocking thread, not on the async runtime.
     let (tables, schema, model_dir, batch) =
         (job.tables.clone(), job.schema.clone(), job.model_dir.clone(), job.batch.clone());
@@ -346,10 +381,9 @@ async fn run_stages(
         hook: stages.hook.clone(),
         beat: stages.beat.clone(),
     };
-    let mut report =
-        tokio::task::spawn_blocking(move || train_on(job, spec, label, projection, started, &worker))
-            .await
-            .map_err(|e| JobError::Internal(format!("the training task: {e}")))??;
+    let mut report = tokio::task::spawn_blocking(move || train_on(job, spec, label, input, started, &worker))
+        .await
+        .map_err(|e| JobError::Internal(format!("the training task: {e}")))??;
     if let (Some(batch), Some(id)) = (batch, report.published.clone()) {
         let scored = async {
             stages.begin("batch scoring into ClickHouse")?;
@@ -369,12 +403,12 @@ async fn run_stages(
     Ok(report)
 }
 
-/// Reads the columns the features read, the id, the time and the label (Parquet projection).
-async fn read(
+/// Opens the columns the features read, the id, the time and the label (Parquet projection).
+async fn open(
     job: &TrainJob,
     spec: &txpipe_core::features::FeatureSpec,
     label: usize,
-) -> Result<delta::Projection> {
+) -> Result<delta::Scan> {
     let mut used = vec![job.schema.id_index(), job.schema.time_index(), label, spec.time];
     used.extend(spec.numeric.iter().chain(&spec.categorical).chain(&spec.boolean).copied());
     if let Some(h) = &spec.history {
@@ -390,22 +424,73 @@ async fn read(
         .collect();
     wanted.extend(["kafka_partition", "kafka_offset"]);
     let c = &job.settings.config;
-    let projection = delta::read_columns(
-        &job.tables.clean,
-        &job.tables.storage_options,
-        c.version,
-        &wanted,
-        c.read_parallelism,
-    )
-    .await?;
+    let scan = delta::Scan::new(&job.tables.clean, &job.tables.storage_options, c.version, &wanted).await?;
     let label_name = &job.schema.fields()[label].name;
-    if projection.absent.contains(label_name) {
+    if scan.absent.contains(label_name) {
         return Err(refuse(
             "no_label_column",
             format!("the table {} has no label column `{label_name}`", job.tables.clean),
         ));
     }
-    Ok(projection)
+    Ok(scan)
+}
+
+/// The table as read: its rows in memory, or in files in table order.
+enum Input {
+    Memory { version: u64, batches: Vec<txpipe_connectors::delta::arrow::array::RecordBatch> },
+    Spilled(spilled::Sorted),
+}
+
+/// A slice's feature matrix, read a chunk at a time, and its labels.
+trait SliceData: model::Chunks + Send {
+    fn labels(&self) -> &[u8];
+    /// Read back from a file.
+    fn read_from_files(&self) -> bool {
+        false
+    }
+}
+
+/// A slice in memory: one chunk.
+struct InMemory(model::Matrix, Vec<u8>);
+
+impl model::Chunks for InMemory {
+    fn rows(&self) -> usize {
+        self.0.rows()
+    }
+
+    fn each(&self, each: &mut dyn FnMut(&model::Matrix, &[u8])) -> std::io::Result<()> {
+        each(&self.0, &self.1);
+        Ok(())
+    }
+}
+
+impl SliceData for InMemory {
+    fn labels(&self) -> &[u8] {
+        &self.1
+    }
+}
+
+/// The rows ordered and featurised, ready to fit.
+struct Prepared {
+    delta_version: u64,
+    rows_read: u64,
+    rows_used: u64,
+    slicing: Slicing,
+    fitted: txpipe_core::features::FittedFeatures,
+    names: Vec<String>,
+    slices: [Box<dyn SliceData>; 3],
+    /// Seconds spent reading and ordering, and computing the features.
+    read_s: f64,
+    features_s: f64,
+}
+
+/// Probabilities of every row of a slice, chunk by chunk.
+fn probabilities(lr: &model::LogisticModel, slice: &dyn SliceData) -> Result<Vec<f64>> {
+    let mut p = Vec::with_capacity(slice.rows());
+    slice
+        .each(&mut |m, _| p.extend(lr.probabilities(m)))
+        .map_err(|e| JobError::io("the spilled features", e))?;
+    Ok(p)
 }
 
 /// Where the slices begin, by event time.
@@ -420,12 +505,19 @@ impl Slicing {
     fn new(rows: &Rows, c: &TrainConfig) -> Slicing {
         let mut times: Vec<i64> = rows.order.iter().map(|&r| rows.time_of(r)).collect();
         times.sort_unstable();
+        let [validation, holdout] = Slicing::ranks(times.len(), c);
         Slicing {
-            holdout_from: quantile(&times, 1.0 - c.holdout_fraction),
-            validation_from: quantile(&times, 1.0 - c.holdout_fraction - c.validation_fraction),
+            holdout_from: times[holdout],
+            validation_from: times[validation],
             time_from: times[0],
             time_to: times[times.len() - 1],
         }
+    }
+
+    /// The ranks, among the `n` rows' sorted event times, where the validation and the
+    /// held-out slices begin.
+    fn ranks(n: usize, c: &TrainConfig) -> [usize; 2] {
+        [rank(n, 1.0 - c.holdout_fraction - c.validation_fraction), rank(n, 1.0 - c.holdout_fraction)]
     }
 
     /// 0 fitted, 1 validation, 2 held out.
@@ -448,62 +540,113 @@ fn train_on(
     job: TrainJob,
     spec: txpipe_core::features::FeatureSpec,
     label: usize,
-    projection: delta::Projection,
+    input: Input,
     started: Instant,
     stages: &Stages,
 ) -> Result<TrainReport> {
-    let mut report = TrainReport::default();
-    stages
-        .begin(format!("ordering {} rows", projection.batches.iter().map(|b| b.num_rows()).sum::<usize>()))?;
-    let mut rows = Rows::new(&job.schema, &projection.batches, Some(label))?;
-    report.delta_version = projection.version;
+    let prepared = match input {
+        Input::Memory { version, batches } => {
+            in_memory(&job, &spec, label, version, batches, started, stages)?
+        }
+        Input::Spilled(sorted) => spilled::prepare(&job, &spec, label, sorted, started, stages)?,
+    };
+    fit_and_publish(job, prepared, stages)
+}
+
+/// The rows in memory: ordered, then featurised on all cores.
+fn in_memory(
+    job: &TrainJob,
+    spec: &txpipe_core::features::FeatureSpec,
+    label: usize,
+    version: u64,
+    batches: Vec<txpipe_connectors::delta::arrow::array::RecordBatch>,
+    started: Instant,
+    stages: &Stages,
+) -> Result<Prepared> {
+    stages.begin(format!("ordering {} rows", batches.iter().map(|b| b.num_rows()).sum::<usize>()))?;
+    let mut rows = Rows::new(&job.schema, &batches, Some(label))?;
     // The ids served to drop repeats; the batches are referenced by `rows` alone from here.
-    drop(projection);
+    drop(batches);
     rows.forget(job.schema.id_index());
-    report.rows_read = rows.read;
-    report.rows_used = rows.order.len() as u64;
-    if rows.order.is_empty() {
-        return Err(refuse(
-            "no_rows",
-            format!("the table {} (version {}) has no rows", job.tables.clean, report.delta_version),
-        ));
-    }
-    report.read_s = started.elapsed().as_secs_f64();
-    stage_done("read", report.read_s);
+    let (rows_read, rows_used) = (rows.read, rows.order.len() as u64);
+    no_rows(job, version, rows_used)?;
+    let read_s = started.elapsed().as_secs_f64();
+    stage_done("read", read_s);
 
     stages.begin(format!("features of {} rows", rows.order.len()))?;
     let started = Instant::now();
     let slicing = Slicing::new(&rows, &job.settings.config);
     let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (fitted, names, slices) = featurise(&job.schema, &spec, rows, &slicing, parts)?;
-    report.features_s = started.elapsed().as_secs_f64();
-    stage_done("features", report.features_s);
-    check_slices(&slices, job.settings.config.min_positives)?;
+    let (fitted, names, slices) = featurise(&job.schema, spec, rows, &slicing, parts)?;
+    let features_s = started.elapsed().as_secs_f64();
+    stage_done("features", features_s);
+    let slices = slices.map(|(m, y)| Box::new(InMemory(m, y)) as Box<dyn SliceData>);
+    Ok(Prepared {
+        delta_version: version,
+        rows_read,
+        rows_used,
+        slicing,
+        fitted,
+        names,
+        slices,
+        read_s,
+        features_s,
+    })
+}
 
-    let [train, validation, holdout] = slices;
+/// A table without rows cannot train.
+fn no_rows(job: &TrainJob, version: u64, rows_used: u64) -> Result<()> {
+    if rows_used == 0 {
+        return Err(refuse(
+            "no_rows",
+            format!("the table {} (version {version}) has no rows", job.tables.clean),
+        ));
+    }
+    Ok(())
+}
+
+/// Fits, evaluates and publishes.
+fn fit_and_publish(job: TrainJob, prepared: Prepared, stages: &Stages) -> Result<TrainReport> {
+    let Prepared { delta_version, rows_read, rows_used, slicing, fitted, names, slices, read_s, features_s } =
+        prepared;
+    let from_files = slices.iter().any(|s| s.read_from_files());
+    let mut report = TrainReport {
+        delta_version,
+        rows_read,
+        rows_used,
+        from_files,
+        read_s,
+        features_s,
+        ..TrainReport::default()
+    };
+    let labels = [slices[0].labels(), slices[1].labels(), slices[2].labels()];
+    check_slices(labels, job.settings.config.min_positives)?;
+
+    let [train, validation, holdout] = &slices;
     if let Some(path) = &job.settings.config.export_features {
         stages.begin(format!("writing the features to {path}"))?;
-        let slices =
-            [(&train.0, &train.1[..]), (&validation.0, &validation.1[..]), (&holdout.0, &holdout.1[..])];
+        let slices: [&dyn model::Chunks; 3] = [train.as_ref(), validation.as_ref(), holdout.as_ref()];
         export::write(std::path::Path::new(path), &names, slices)?;
         tracing::info!(path, "feature matrix written");
     }
-    stages.begin(format!("fitting on {} rows", train.1.len()))?;
+    stages.begin(format!("fitting on {} rows", train.rows()))?;
     let started = Instant::now();
-    let lr =
-        model::fit(&train.0, &train.1, &job.settings.fit).map_err(|e| refuse("fit_failed", e.to_string()))?;
+    let lr = model::fit_chunks(train.as_ref(), &job.settings.fit).map_err(|e| match e {
+        model::FitError::Read(e) => JobError::io("the spilled features", std::io::Error::other(e)),
+        e => refuse("fit_failed", e.to_string()),
+    })?;
     report.fit_s = started.elapsed().as_secs_f64();
     stage_done("fit", report.fit_s);
 
     stages.begin("evaluating")?;
     let started = Instant::now();
-    let pv = lr.probabilities(&validation.0);
-    let chosen = model::choose_threshold(&pv, &validation.1, job.settings.target);
-    let ph = lr.probabilities(&holdout.0);
+    let pv = probabilities(&lr, validation.as_ref())?;
+    let chosen = model::choose_threshold(&pv, validation.labels(), job.settings.target);
+    let ph = probabilities(&lr, holdout.as_ref())?;
     let metrics = Metrics {
-        train: model::evaluate(&lr.probabilities(&train.0), &train.1, chosen.threshold),
-        validation: model::evaluate(&pv, &validation.1, chosen.threshold),
-        holdout: model::evaluate(&ph, &holdout.1, chosen.threshold),
+        train: model::evaluate(&probabilities(&lr, train.as_ref())?, train.labels(), chosen.threshold),
+        validation: model::evaluate(&pv, validation.labels(), chosen.threshold),
+        holdout: model::evaluate(&ph, holdout.labels(), chosen.threshold),
     };
     report.evaluate_s = started.elapsed().as_secs_f64();
     stage_done("evaluate", report.evaluate_s);
@@ -542,7 +685,7 @@ fn train_on(
         metrics: metrics.clone(),
     };
     let (id, dir) = store.publish(artifact, |model, dir| {
-        let page = report::render(model, &ph, &holdout.1)?;
+        let page = report::render(model, &ph, holdout.labels())?;
         let path = dir.join(report::REPORT_FILE);
         std::fs::write(&path, page).map_err(|e| JobError::io(&path, e))
     })?;
@@ -673,8 +816,8 @@ fn featurise_part(
 
 /// Refuses slices that cannot fit or check a model: without labels, with one class, or with
 /// fewer fitted positives than `min_positives`.
-fn check_slices(slices: &[Slice; 3], min_positives: u64) -> Result<()> {
-    for (name, (_, y)) in ["fitted", "validation", "held-out"].iter().zip(slices) {
+fn check_slices(slices: [&[u8]; 3], min_positives: u64) -> Result<()> {
+    for (name, y) in ["fitted", "validation", "held-out"].iter().zip(slices) {
         let positives = y.iter().filter(|&&v| v == 1).count();
         if y.is_empty() {
             return Err(refuse(
@@ -692,7 +835,7 @@ fn check_slices(slices: &[Slice; 3], min_positives: u64) -> Result<()> {
             ));
         }
     }
-    let fitted_positives = slices[0].1.iter().filter(|&&v| v == 1).count() as u64;
+    let fitted_positives = slices[0].iter().filter(|&&v| v == 1).count() as u64;
     if fitted_positives < min_positives {
         return Err(refuse(
             "too_few_positives",
