@@ -10,7 +10,7 @@
 //!   Distributed table, on both layouts.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,12 +18,11 @@ use txpipe_connectors::clickhouse::{ClickHouseConfig, Prediction, PredictionRows
 use txpipe_core::event::Value;
 use txpipe_core::schema::Schema;
 
+mod common;
+use common::{run_ok, spawn, wait_ok};
+
 /// The faults stop servers of the shared cluster: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn brokers() -> String {
-    std::env::var("TXPIPE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
 
 /// The HTTP addresses of the two servers of a cluster (the second: the first's port + 1).
 fn servers(var: &str, default_port: u16) -> [String; 2] {
@@ -110,38 +109,7 @@ fn folder(name: &str, server: &str, cluster: &str) -> (tempfile::TempDir, String
 }
 
 fn txpipe(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_txpipe"));
-    c.current_dir(dir)
-        .args(args)
-        .args(["--config", "txpipe.toml", "--brokers", &brokers()])
-        .stdout(Stdio::null());
-    c
-}
-
-fn run_ok(mut c: Command, what: &str) -> String {
-    let out = c.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{what} failed: {err}");
-    err
-}
-
-fn spawn(mut c: Command, log: &Path) -> Child {
-    c.stderr(std::fs::File::create(log).unwrap()).spawn().unwrap()
-}
-
-fn wait_ok(mut child: Child, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{what} failed: {}", std::fs::read_to_string(log).unwrap_or_default());
-            return;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{what} did not finish: {}", std::fs::read_to_string(log).unwrap_or_default());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    common::in_folder(dir, args)
 }
 
 /// Every transaction once, with a probability and a model version, in the view read on `server`.

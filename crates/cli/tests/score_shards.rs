@@ -4,58 +4,17 @@
 //! own progress. A model whose account history is not kept by the Kafka key is refused.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 
-fn brokers() -> String {
-    std::env::var("TXPIPE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
+mod common;
+use common::{clickhouse, run_ok, spawn, wait_ok};
 
-fn clickhouse_url() -> String {
-    std::env::var("TXPIPE_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
-}
-
+/// `txpipe ARGS` in `dir` with its config.
 fn txpipe(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_txpipe"));
-    c.current_dir(dir)
-        .args(args)
-        .args(["--config", "txpipe.toml", "--brokers", &brokers(), "--clickhouse-url", &clickhouse_url()])
-        .stdout(Stdio::null());
-    c
-}
-
-fn run_ok(mut c: Command, what: &str) -> String {
-    let out = c.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{what} failed: {err}");
-    err
-}
-
-fn spawn(mut c: Command, log: &Path) -> Child {
-    c.stderr(std::fs::File::create(log).unwrap()).spawn().unwrap()
-}
-
-fn wait_ok(mut child: Child, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{what} failed: {}", std::fs::read_to_string(log).unwrap_or_default());
-            return;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{what} did not finish: {}", std::fs::read_to_string(log).unwrap_or_default());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn clickhouse(sql: &str) -> String {
-    let out = Command::new("clickhouse-client").args(["--query", sql]).output().unwrap();
-    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    common::in_folder(dir, args)
 }
 
 /// A folder with a table of 4,000 events (4 partitions, keyed by account) and a model.
@@ -67,8 +26,9 @@ fn setup(name: &str, extra: &str) -> (tempfile::TempDir, String, String) {
     std::fs::write(
         dir.path().join("txpipe.toml"),
         format!(
-            "[clickhouse]\ndatabase = \"{database}\"\n[ingest]\nflush_rows = 500\n\
-             [score]\nmax_files = 1\nstart = \"0\"\n[train]\nforce = true\n{extra}"
+            "[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\n[ingest]\nflush_rows = 500\n\
+             [score]\nmax_files = 1\nstart = \"0\"\n[train]\nforce = true\n{extra}",
+            common::clickhouse_url()
         ),
     )
     .unwrap();
