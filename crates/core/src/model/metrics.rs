@@ -44,71 +44,119 @@ pub struct Evaluation {
 pub fn evaluate(p: &[f64], y: &[u8], threshold: f64) -> Evaluation {
     let positives = y.iter().filter(|&&v| v != 0).count() as u64;
     // One sort for both areas.
-    let runs = runs(p, y);
+    let (mut roc, mut pr) = (Roc::default(), Precision::new(positives as f64));
+    runs(p, y, |run| {
+        roc.add(run);
+        pr.add(run);
+    });
     Evaluation {
         rows: p.len() as u64,
         positives,
-        auc_roc: auc_of_runs(&runs),
-        auc_pr: average_precision_of_runs(&runs, positives as f64),
+        auc_roc: roc.area(),
+        auc_pr: pr.ap,
         log_loss: log_loss(p, y),
         brier: brier(p, y),
         at_threshold: at_threshold(p, y, threshold),
     }
 }
 
-/// Runs of equal probability, highest first: (probability, positives, negatives) per run.
-/// The counts of a run do not depend on the order of its rows, so an unstable parallel sort
-/// of (probability, label) pairs gives the same runs every time.
-fn runs(p: &[f64], y: &[u8]) -> Vec<(f64, u64, u64)> {
+/// Runs of equal probability, highest first: `each` gets (probability, positives, negatives)
+/// per run. The counts of a run do not depend on the order of its rows, so an unstable parallel
+/// sort gives the same runs every time. The rows are sorted as 8 bytes each (a probability is
+/// not negative, so its sign bit can carry the label), and the runs are not kept.
+fn runs(p: &[f64], y: &[u8], mut each: impl FnMut((f64, u64, u64))) {
     use rayon::slice::ParallelSliceMut;
-    let mut pairs: Vec<(f64, bool)> = p.iter().copied().zip(y.iter().map(|&v| v != 0)).collect();
-    pairs.par_sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-    let mut out: Vec<(f64, u64, u64)> = Vec::new();
-    for (pi, yi) in pairs {
+    const SIGN: u64 = 1 << 63;
+    if p.iter().any(|v| v.is_sign_negative()) {
+        // Not probabilities: sorted as pairs.
+        let mut pairs: Vec<(f64, bool)> = p.iter().copied().zip(y.iter().map(|&v| v != 0)).collect();
+        pairs.par_sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        return fold_runs(pairs.into_iter(), each);
+    }
+    let mut packed: Vec<u64> =
+        p.iter().zip(y).map(|(&pi, &yi)| pi.to_bits() | if yi != 0 { SIGN } else { 0 }).collect();
+    // For floats that are not negative, the order of the bits is the order of the values.
+    packed.par_sort_unstable_by(|a, b| (b & !SIGN).cmp(&(a & !SIGN)));
+    fold_runs(packed.into_iter().map(|v| (f64::from_bits(v & !SIGN), v & SIGN != 0)), &mut each)
+}
+
+fn fold_runs(sorted: impl Iterator<Item = (f64, bool)>, mut each: impl FnMut((f64, u64, u64))) {
+    let mut run: Option<(f64, u64, u64)> = None;
+    for (pi, yi) in sorted {
         let pos = u64::from(yi);
-        match out.last_mut() {
+        match &mut run {
             Some(r) if r.0 == pi => {
                 r.1 += pos;
                 r.2 += 1 - pos;
             }
-            _ => out.push((pi, pos, 1 - pos)),
+            _ => {
+                if let Some(done) = run.take() {
+                    each(done);
+                }
+                run = Some((pi, pos, 1 - pos));
+            }
         }
     }
-    out
+    if let Some(done) = run {
+        each(done);
+    }
 }
 
-fn auc_of_runs(runs: &[(f64, u64, u64)]) -> f64 {
-    let (mut tp, mut fp, mut area) = (0.0f64, 0.0f64, 0.0f64);
-    for &(_, pos, neg) in runs {
+/// The area under the ROC curve, a run at a time.
+#[derive(Default)]
+struct Roc {
+    tp: f64,
+    fp: f64,
+    area: f64,
+}
+
+impl Roc {
+    fn add(&mut self, (_, pos, neg): (f64, u64, u64)) {
         // Trapezoid over the run: negatives of the run against positives above plus half of
         // the run's own positives.
-        area += neg as f64 * (tp + pos as f64 / 2.0);
-        tp += pos as f64;
-        fp += neg as f64;
+        self.area += neg as f64 * (self.tp + pos as f64 / 2.0);
+        self.tp += pos as f64;
+        self.fp += neg as f64;
     }
-    area / (tp * fp)
+
+    fn area(&self) -> f64 {
+        self.area / (self.tp * self.fp)
+    }
 }
 
-fn average_precision_of_runs(runs: &[(f64, u64, u64)], positives: f64) -> f64 {
-    let (mut tp, mut flagged, mut ap) = (0.0, 0.0, 0.0);
-    for &(_, pos, neg) in runs {
-        tp += pos as f64;
-        flagged += (pos + neg) as f64;
-        ap += (pos as f64 / positives) * (tp / flagged);
+/// Average precision, a run at a time.
+struct Precision {
+    positives: f64,
+    tp: f64,
+    flagged: f64,
+    ap: f64,
+}
+
+impl Precision {
+    fn new(positives: f64) -> Precision {
+        Precision { positives, tp: 0.0, flagged: 0.0, ap: 0.0 }
     }
-    ap
+
+    fn add(&mut self, (_, pos, neg): (f64, u64, u64)) {
+        self.tp += pos as f64;
+        self.flagged += (pos + neg) as f64;
+        self.ap += (pos as f64 / self.positives) * (self.tp / self.flagged);
+    }
 }
 
 /// The area under the ROC curve: the chance that a random positive scores above a random
 /// negative, ties counting half. NaN with only one class.
 pub fn auc_roc(p: &[f64], y: &[u8]) -> f64 {
-    auc_of_runs(&runs(p, y))
+    let mut roc = Roc::default();
+    runs(p, y, |run| roc.add(run));
+    roc.area()
 }
 
 /// Average precision: Σ (recallₖ − recallₖ₋₁) · precisionₖ over the distinct thresholds.
 pub fn average_precision(p: &[f64], y: &[u8]) -> f64 {
-    let positives = y.iter().filter(|&&v| v != 0).count() as f64;
-    average_precision_of_runs(&runs(p, y), positives)
+    let mut pr = Precision::new(y.iter().filter(|&&v| v != 0).count() as f64);
+    runs(p, y, |run| pr.add(run));
+    pr.ap
 }
 
 /// Mean negative log-likelihood, probabilities clipped to [1e-15, 1 − 1e-15].
@@ -164,7 +212,7 @@ pub fn choose_threshold(p: &[f64], y: &[u8], target: ThresholdTarget) -> AtThres
     let (mut tp, mut fp) = (0u64, 0u64);
     let mut best_f1: Option<AtThreshold> = None;
     let mut best_precise: Option<AtThreshold> = None;
-    for (threshold, pos, neg) in runs(p, y) {
+    runs(p, y, |(threshold, pos, neg)| {
         tp += pos;
         fp += neg;
         let at = rates(threshold, tp, fp, positives);
@@ -177,7 +225,7 @@ pub fn choose_threshold(p: &[f64], y: &[u8], target: ThresholdTarget) -> AtThres
             // Lower thresholds come later: the last one that qualifies has the most recall.
             best_precise = Some(at);
         }
-    }
+    });
     let fallback = || rates(1.0, 0, 0, positives);
     match target {
         ThresholdTarget::BestF1 => best_f1.unwrap_or_else(fallback),
@@ -188,6 +236,26 @@ pub fn choose_threshold(p: &[f64], y: &[u8], target: ThresholdTarget) -> AtThres
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_of_packed_rows_are_the_runs_of_sorted_pairs() {
+        let mut state = 11u64;
+        let mut next = || {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            state >> 11
+        };
+        // Probabilities with many ties, 0 and 1 among them.
+        let p: Vec<f64> = (0..5000).map(|_| (next() % 101) as f64 / 100.0).collect();
+        let y: Vec<u8> = (0..5000).map(|_| (next() % 3 == 0) as u8).collect();
+        let mut packed = Vec::new();
+        runs(&p, &y, |r| packed.push(r));
+        let mut pairs: Vec<(f64, bool)> = p.iter().copied().zip(y.iter().map(|&v| v != 0)).collect();
+        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut reference = Vec::new();
+        fold_runs(pairs.into_iter(), |r| reference.push(r));
+        assert_eq!(packed.len(), 101);
+        assert_eq!(packed, reference);
+    }
 
     #[test]
     fn auc_counts_pairs_and_ties_half() {
