@@ -15,8 +15,8 @@
 //! The rows come out in the order, with the values, that [`Rows::new`] gives, and the fit
 //! over chunks is the fit over one matrix (see `txpipe_core::model::Chunks`): the model is the
 //! in-memory path's, bit for bit. What stays in memory per row: the labels (1 byte) and, at
-//! the evaluation, the probabilities of a slice (8 bytes, plus their sort); per account, the
-//! history (as in score).
+//! the evaluation, the probabilities of a slice (8 bytes, and 8 for their sort); per account,
+//! the history (as in score).
 //!
 //! [`Rows::new`]: crate::rows::Rows::new
 
