@@ -356,6 +356,26 @@ impl Serving {
         Ok((found.rows > 0).then_some(found.version))
     }
 
+    /// The newest `scored_at` of the batch scores (None: none yet). A batch run stamps its rows
+    /// later than this, so that the newest run is the one the view and the table keep even when
+    /// two runs fall in one second.
+    pub async fn last_batch_stamp(&self) -> Result<Option<u32>> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct Found {
+            rows: u64,
+            stamp: u32,
+        }
+        let sql =
+            format!("SELECT count() AS rows, max(toUInt32(scored_at)) AS stamp FROM {}", self.name(BATCH));
+        let found: Found = self
+            .client
+            .query(&sql)
+            .fetch_one()
+            .await
+            .map_err(self.request_err("reading the batch scores"))?;
+        Ok((found.rows > 0).then_some(found.stamp))
+    }
+
     /// The progress of the score shards of `source` (recorded as `<source>#shard=I/N`), by
     /// shard (`I/N`): the highest version of each shard that recorded any.
     pub async fn shard_progress(&self, source: &str) -> Result<Vec<(String, u64)>> {

@@ -90,7 +90,11 @@ pub async fn score_history(
     // Scoring on a blocking thread hands chunks to the inserts, two in flight at most.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<SealedRows>(2);
     let (from_us, to_us, chunk_rows) = (batch.from_us, batch.to_us, batch.clickhouse.insert_rows);
-    let scored_at = now.timestamp().clamp(0, u32::MAX as i64) as u32;
+    // Later than every earlier run's rows, also within one second of the last run.
+    let last =
+        backoff.retry_while("reading the batch scores", retryable, go, || serving.last_batch_stamp()).await?;
+    let scored_at =
+        (now.timestamp().clamp(0, u32::MAX as i64) as u32).max(last.map_or(0, |s| s.saturating_add(1)));
     let encoding = tokio::task::spawn_blocking(move || -> Result<()> {
         let rows = Rows::new(&layout.schema, &projection.batches, None)?;
         let stamp = Stamp { scored_at, batch_run_id: Some(&run_id) };
