@@ -384,8 +384,9 @@ async fn score(job: &StatusJob, table: &Opened) -> Part<ScoreStatus> {
         }
         Err(e) => return Part::unreachable(e),
     };
+    // Shards recorded: score runs as shards (a whole-table progress left from before is stale).
     let shards = shards_of(&recorded);
-    if progress.is_none() && !shards.is_empty() {
+    if !shards.is_empty() {
         progress = shards.values().min().copied().flatten();
     }
     let versions_behind = match progress {
@@ -428,6 +429,20 @@ fn shards_of(recorded: &[(String, u64)]) -> BTreeMap<String, Option<u64>> {
             (format!("{i}/{count}"), v)
         })
         .collect()
+}
+
+/// The score line of the summary: its progress against the table's, and each shard's.
+fn score_line(v: &ScoreStatus) -> String {
+    let version = |p: Option<u64>| p.map_or("none".into(), |c| c.to_string());
+    let shards: Vec<String> = v.shards.iter().map(|(s, p)| format!("{s} at {}", version(*p))).collect();
+    format!(
+        "complete through version {} of {}: {} versions, {:.0} s behind{}",
+        version(v.complete_through),
+        v.table_version,
+        v.versions_behind,
+        v.seconds_behind,
+        if shards.is_empty() { String::new() } else { format!(" (shards: {})", shards.join(", ")) }
+    )
 }
 
 fn model(dir: &str) -> Part<ModelStatus> {
@@ -549,21 +564,7 @@ pub fn render(s: &Status) -> String {
         "score",
         sc.state,
         sc.detail.as_deref(),
-        sc.value.as_ref().map_or(String::new(), |v| {
-            let shards: Vec<String> = v
-                .shards
-                .iter()
-                .map(|(s, p)| format!("{s} at {}", p.map_or("none".into(), |c| c.to_string())))
-                .collect();
-            format!(
-                "complete through version {} of {}: {} versions, {:.0} s behind{}",
-                v.complete_through.map_or("none".into(), |c| c.to_string()),
-                v.table_version,
-                v.versions_behind,
-                v.seconds_behind,
-                if shards.is_empty() { String::new() } else { format!(" (shards: {})", shards.join(", ")) }
-            )
-        }),
+        sc.value.as_ref().map_or(String::new(), score_line),
     );
     let m = &s.model;
     line(
@@ -617,4 +618,22 @@ pub fn render(s: &Status) -> String {
     };
     let _ = writeln!(out, "{verdict} (exit {})", s.exit_code);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shard_of_the_largest_count_is_listed_and_one_never_recorded_is_none() {
+        let recorded =
+            [("0/3".to_string(), 7), ("2/3".to_string(), 9), ("1/2".to_string(), 4), ("x".to_string(), 1)];
+        let shards = shards_of(&recorded);
+        let want: BTreeMap<String, Option<u64>> =
+            [("0/3".to_string(), Some(7)), ("1/3".to_string(), None), ("2/3".to_string(), Some(9))].into();
+        assert_eq!(shards, want);
+        // The furthest behind: a shard with nothing recorded makes the whole "none".
+        assert_eq!(shards.values().min().copied().flatten(), None);
+        assert!(shards_of(&[]).is_empty());
+    }
 }

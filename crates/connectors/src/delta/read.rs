@@ -192,6 +192,29 @@ impl Scan {
         self.rows
     }
 
+    /// The batches of each data file, in file order, `parallel` files read at once.
+    pub fn files(
+        self,
+        parallel: usize,
+    ) -> impl futures::Stream<Item = Result<Vec<RecordBatch>, super::DeltaError>> + Send {
+        use futures::StreamExt;
+
+        let Scan { location, store, out_schema, partition_columns, files, .. } = self;
+        futures::stream::iter(files)
+            .map(move |file: DataFile| {
+                let (store, out_schema, partition_columns) =
+                    (store.clone(), out_schema.clone(), partition_columns.clone());
+                async move { read_projected(store, &file, &out_schema, &partition_columns).await }
+            })
+            .buffered(parallel.max(1))
+            .map(move |read| {
+                read.map_err(|source| super::DeltaError::Read {
+                    location: location.clone(),
+                    source: Box::new(source),
+                })
+            })
+    }
+
     /// Calls `each` with the batches of each data file, in file order, `parallel` files read
     /// at once.
     pub async fn each_file<E: From<super::DeltaError>>(
@@ -201,19 +224,9 @@ impl Scan {
     ) -> Result<(), E> {
         use futures::StreamExt;
 
-        let Scan { location, store, out_schema, partition_columns, files, .. } = self;
-        let read_one = |file: DataFile| {
-            let (store, out_schema, partition_columns) =
-                (store.clone(), out_schema.clone(), partition_columns.clone());
-            async move { read_projected(store, &file, &out_schema, &partition_columns).await }
-        };
-        let mut per_file = futures::stream::iter(files).map(read_one).buffered(parallel.max(1));
-        while let Some(batches) = per_file.next().await {
-            let batches = batches.map_err(|source| super::DeltaError::Read {
-                location: location.clone(),
-                source: Box::new(source),
-            })?;
-            each(batches)?;
+        let mut files = std::pin::pin!(self.files(parallel));
+        while let Some(batches) = files.next().await {
+            each(batches?)?;
         }
         Ok(())
     }

@@ -31,6 +31,7 @@ pub struct TailBatch {
     /// The wanted columns of the rows of the files read, in commit order.
     pub batches: Vec<RecordBatch>,
     pub files: usize,
+    /// Rows handed out (with [`TableTail::only_partitions`], those of its partitions).
     pub rows: usize,
     /// The last version in this batch: every file of every commit up to it has been handed out.
     pub complete_through: Option<u64>,
@@ -272,29 +273,7 @@ impl TableTail {
                 }
                 break;
             };
-            let version = self.next;
-            let mut added = Vec::new();
-            let mut rows = 0;
-            for action in actions {
-                match action {
-                    Action::Add(add) if add.data_change => {
-                        rows += add.stats.as_deref().map_or(0, num_records);
-                        let path = Path::from_url_path(&add.path).map_err(|e| {
-                            err(DeltaTableError::Generic(format!("bad path {}: {e}", add.path)))
-                        })?;
-                        added.push(DataFile { path, size: add.size, partition_values: add.partition_values });
-                    }
-                    Action::Metadata(m) => self.partition_columns = m.partition_columns().to_vec(),
-                    Action::CommitInfo(info) => {
-                        if let Some(ms) = info.timestamp {
-                            self.commit_ms.insert(version, ms);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            self.pending.push_back((version, added, rows));
-            self.next += 1;
+            self.queue(actions)?;
         }
         if self.pending.is_empty() {
             return Ok(None);
@@ -362,9 +341,41 @@ impl TableTail {
         if let Some(last) = complete_through {
             self.commit_ms = self.commit_ms.split_off(&(last + 1));
         }
-        let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        // A shard's rows only, and counted after.
         let batches = self.keep(batches)?;
+        let rows = batches.iter().map(RecordBatch::num_rows).sum();
         Ok(Some(TailBatch { batches, files, rows, complete_through, first_commit_ms }))
+    }
+
+    /// Queues the data files that version `self.next` added (its `actions`), and moves on.
+    fn queue(&mut self, actions: Vec<Action>) -> Result<(), DeltaError> {
+        let version = self.next;
+        let mut added = Vec::new();
+        let mut rows = 0;
+        for action in actions {
+            match action {
+                Action::Add(add) if add.data_change => {
+                    rows += add.stats.as_deref().map_or(0, num_records);
+                    let path = Path::from_url_path(&add.path).map_err(|e| {
+                        read_err(
+                            &self.location,
+                            DeltaTableError::Generic(format!("bad path {}: {e}", add.path)),
+                        )
+                    })?;
+                    added.push(DataFile { path, size: add.size, partition_values: add.partition_values });
+                }
+                Action::Metadata(m) => self.partition_columns = m.partition_columns().to_vec(),
+                Action::CommitInfo(info) => {
+                    if let Some(ms) = info.timestamp {
+                        self.commit_ms.insert(version, ms);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.pending.push_back((version, added, rows));
+        self.next += 1;
+        Ok(())
     }
 }
 

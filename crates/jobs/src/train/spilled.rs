@@ -33,23 +33,61 @@ fn io(dir: &std::path::Path) -> impl Fn(std::io::Error) -> JobError + '_ {
     move |e| JobError::io(dir, e)
 }
 
-/// Reads the table a data file at a time into runs sorted by id.
+/// Reads the table a data file at a time into runs sorted by id: the files read here, their
+/// rows encoded and sorted on a blocking thread (two files in hand at most).
 pub(super) async fn read(job: &TrainJob, label: usize, scan: delta::Scan) -> Result<Sorted> {
+    use futures::StreamExt;
+
     let c = &job.settings.config;
     let base = if c.spill_dir.is_empty() { std::env::temp_dir() } else { PathBuf::from(&c.spill_dir) };
     let dir = tempfile::Builder::new()
         .prefix("txpipe-train-")
         .tempdir_in(&base)
         .map_err(|e| JobError::io(&base, e))?;
-    let mut by_id = spill::Sorter::new(dir.path(), "id", RUN_BYTES, spill::by_id);
-    let (schema, id) = (&job.schema, job.schema.id_index());
-    let (mut positions, mut seq, mut read, version) = (true, 0u64, 0u64, scan.version);
-    let mut rec = Vec::new();
-    scan.each_file(c.read_parallelism, |batches| {
+    let version = scan.version;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let (schema, at) = (job.schema.clone(), dir.path().to_path_buf());
+    let sorting = tokio::task::spawn_blocking(move || sort_by_id(&schema, label, &at, rx));
+    let mut files = std::pin::pin!(scan.files(c.read_parallelism));
+    let mut read = Ok(());
+    while let Some(batches) = files.next().await {
+        match batches {
+            // A closed channel: the sorting side failed; its error is the one to report.
+            Ok(b) => {
+                if tx.send(b).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                read = Err(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let sorted = sorting.await.map_err(|e| JobError::Internal(format!("the sorting task: {e}")))?;
+    read?;
+    let (by_id, positions, read) = sorted?;
+    Ok(Sorted { dir: Arc::new(dir), by_id, positions, version, read })
+}
+
+/// Every row with an id, as a record, into runs sorted by id; whether every file had the Kafka
+/// positions, and the rows read.
+fn sort_by_id(
+    schema: &txpipe_core::schema::Schema,
+    label: usize,
+    dir: &std::path::Path,
+    mut files: tokio::sync::mpsc::Receiver<Vec<txpipe_connectors::delta::arrow::array::RecordBatch>>,
+) -> Result<(spill::Sorter, bool, u64)> {
+    let mut by_id = spill::Sorter::new(dir, "id", RUN_BYTES, spill::by_id);
+    let id = schema.id_index();
+    let (mut positions, mut seq, mut read) = (true, 0u64, 0u64);
+    let (mut rec, mut room): (Vec<u8>, Vec<Value<'static>>) = (Vec::new(), Vec::new());
+    while let Some(batches) = files.blocking_recv() {
         let (rows, at) = Rows::unordered(schema, &batches, Some(label))?;
         positions &= at.is_some();
         read += rows.read;
-        let mut values = Vec::new();
+        let mut values = recycle(std::mem::take(&mut room));
         for (k, &r) in rows.order.iter().enumerate() {
             seq += 1;
             // A row without an id is not used (as in memory).
@@ -61,12 +99,11 @@ pub(super) async fn read(job: &TrainJob, label: usize, scan: delta::Scan) -> Res
             rec.clear();
             let position = at.as_ref().map_or((0, 0), |a| a[k]);
             Record::encode(&mut rec, position, rows.time_of(r), seq, tx, &values);
-            by_id.push(&rec).map_err(io(dir.path()))?;
+            by_id.push(&rec).map_err(io(dir))?;
         }
-        Ok::<_, JobError>(())
-    })
-    .await?;
-    Ok(Sorted { dir: Arc::new(dir), by_id, positions, version, read })
+        room = recycle(values);
+    }
+    Ok((by_id, positions, read))
 }
 
 /// A row's values borrowed from the next record: the vector's room kept from row to row.
