@@ -58,6 +58,9 @@ impl DeltaError {
     }
 }
 
+/// How delta-kernel's error of the object store begins.
+const KERNEL_STORE_ERROR: &str = "Error interacting with object store";
+
 /// Whether an error, or one it wraps, is the storage failing (object store or I/O) rather than
 /// what it holds being wrong. A missing object is not (the caller sees what is gone).
 fn from_storage(error: &(dyn std::error::Error + 'static)) -> bool {
@@ -69,11 +72,15 @@ fn from_storage(error: &(dyn std::error::Error + 'static)) -> bool {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             return io.kind() != std::io::ErrorKind::NotFound;
         }
-        if matches!(
-            e.downcast_ref::<DeltaTableError>(),
-            Some(DeltaTableError::ObjectStore { .. } | DeltaTableError::Io { .. })
-        ) {
-            return true;
+        match e.downcast_ref::<DeltaTableError>() {
+            Some(DeltaTableError::ObjectStore { .. } | DeltaTableError::Io { .. }) => return true,
+            // The log read through delta-kernel: its object-store variant keeps the store's error
+            // without naming it as its source (and turns a missing object into another variant),
+            // so it is known by its message.
+            Some(DeltaTableError::KernelError(k)) if k.to_string().starts_with(KERNEL_STORE_ERROR) => {
+                return true;
+            }
+            _ => {}
         }
         next = e.source();
     }
