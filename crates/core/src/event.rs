@@ -240,11 +240,12 @@ impl<'de> Visitor<'de> for EventVisitor<'_, '_, 'de> {
 #[derive(Debug)]
 pub struct EventParser {
     schema: Schema,
+    keys: flat::Keys,
 }
 
 impl EventParser {
     pub fn new(schema: Schema) -> Self {
-        EventParser { schema }
+        EventParser { keys: flat::Keys::new(&schema), schema }
     }
 
     pub fn schema(&self) -> &Schema {
@@ -271,18 +272,23 @@ impl EventParser {
             Err(_) => std::str::from_utf8(payload)
                 .map_err(|e| reject(RejectKind::InvalidJson, format!("not valid JSON: not UTF-8 ({e})")))?,
         };
-        let mut de = serde_json::Deserializer::from_str(text);
-        let read = de
-            .deserialize_any(EventVisitor { schema: &self.schema, slots: &mut *slots })
-            .and_then(|()| de.end());
-        if let Err(e) = read {
-            return Err(json_rejection(&e));
+        // The common flat shape directly; any other text, and every invalid one, through
+        // serde_json, whose reading of it stands.
+        if flat::read(text, &self.schema, &self.keys, slots).is_none() {
+            slots.fill_with(|| Raw::Missing);
+            read_any(text, &self.schema, slots)?;
         }
         for (field, raw) in self.schema.fields().iter().zip(slots.iter_mut()) {
             out.push(clean(field, std::mem::replace(raw, Raw::Missing))?);
         }
         Ok(())
     }
+}
+
+/// Reads any JSON text through serde_json into `slots` (all `Missing` before).
+fn read_any<'a>(text: &'a str, schema: &Schema, slots: &mut [Raw<'a>]) -> Result<(), Rejection> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_any(EventVisitor { schema, slots }).and_then(|()| de.end()).map_err(|e| json_rejection(&e))
 }
 
 /// Schemas with up to this many fields parse without a heap allocation. Every slot is set and
@@ -495,5 +501,6 @@ pub fn epoch_millis(ms: i64) -> Option<i64> {
     ms.checked_mul(1000)
 }
 
+mod flat;
 #[cfg(test)]
 mod tests;

@@ -302,3 +302,128 @@ proptest::proptest! {
         proptest::prop_assert_eq!(parse_rfc3339(&s), chrono_micros(&s), "{}", s);
     }
 }
+
+/// The slots as serde_json reads `text`, or its reason.
+fn slots_read_any(schema: &Schema, text: &str) -> Result<String, Rejection> {
+    let mut slots: Vec<Raw<'_>> =
+        std::iter::repeat_with(|| Raw::Missing).take(schema.fields().len()).collect();
+    read_any(text, schema, &mut slots)?;
+    Ok(format!("{slots:?}"))
+}
+
+/// The slots as the flat reader reads `text`, when it takes it.
+fn slots_flat(schema: &Schema, text: &str) -> Option<String> {
+    let mut slots: Vec<Raw<'_>> =
+        std::iter::repeat_with(|| Raw::Missing).take(schema.fields().len()).collect();
+    flat::read(text, schema, &flat::Keys::new(schema), &mut slots)?;
+    Some(format!("{slots:?}"))
+}
+
+#[test]
+fn the_flat_reader_takes_generated_events_and_reads_them_as_serde_json_does() {
+    let schema = Schema::default_schema();
+    let mut generator = crate::generator::Generator::new(
+        &schema,
+        crate::generator::GeneratorConfig {
+            seed: 5,
+            count: 2_000,
+            malformed_rate: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for payload in generator.payloads(2_000) {
+        let text = std::str::from_utf8(&payload).unwrap();
+        let flat = slots_flat(&schema, text);
+        assert!(flat.is_some(), "the flat reader should take {text}");
+        assert_eq!(flat, Some(slots_read_any(&schema, text).unwrap()), "{text}");
+    }
+    // Keys out of order, repeated and unknown; spaces; every kind of simple value.
+    let text = " {\"amount\" : -0.5 ,\"x\":null, \"account_id\":\"a\u{e9}\",\"amount\":7,\"is_fraud\":true,\"currency\":\"\",\"country\":false,\"merchant_id\":-12} \n";
+    assert_eq!(slots_flat(&schema, text), Some(slots_read_any(&schema, text).unwrap()));
+}
+
+#[test]
+fn the_flat_reader_leaves_other_shapes_to_serde_json() {
+    let schema = Schema::default_schema();
+    for text in [
+        r#"{"account_id":"a\"b"}"#,
+        r#"{"account_id":"a\u0041"}"#,
+        "{\"account_id\":\"a\tb\"}",
+        r#"{"amount":1e3}"#,
+        r#"{"amount":-0}"#,
+        r#"{"amount":01}"#,
+        r#"{"amount":1.}"#,
+        r#"{"amount":.5}"#,
+        r#"{"amount":18446744073709551616}"#,
+        r#"{"amount":9007199254740993.5}"#,
+        r#"{"amount":0.12345678901234567890123}"#,
+        r#"{"amount":-9223372036854775809}"#,
+        r#"{"extra":{"x":[1,2]}}"#,
+        r#"{"extra":[1]}"#,
+        r#"{"amount":1,}"#,
+        r#"{"amount":1} x"#,
+        r#"{"amount":tru}"#,
+        r#"{"amount":truex}"#,
+        r#"[1]"#,
+        r#""#,
+        r#"{"amount" 1}"#,
+    ] {
+        assert_eq!(slots_flat(&schema, text), None, "{text}");
+    }
+}
+
+/// A JSON-like value: mostly valid simple values, with the forms the flat reader leaves alone.
+fn value_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        "-?(0|[1-9][0-9]{0,21})(\\.[0-9]{0,24})?([eE][+-]?[0-9]{1,3})?",
+        "-?[0-9]{1,25}",
+        "\"([a-zA-Z0-9 é€_-]|\\\\[\"nt/u]|\\\\u00[0-9a-f]{2}|\t){0,20}\"",
+        proptest::sample::select(vec![
+            "true",
+            "false",
+            "null",
+            "tru",
+            "nul",
+            "{}",
+            "[1,{\"a\":2}]",
+            "{\"k\":\"v\"}"
+        ])
+        .prop_map(String::from),
+    ]
+}
+
+proptest::proptest! {
+    // About one text in six is of the flat shape: enough cases that hundreds are compared.
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+    #[test]
+    fn the_flat_reader_reads_every_text_it_takes_as_serde_json_does(
+        members in proptest::collection::vec(
+            (
+                proptest::sample::select(vec![
+                    "transaction_id", "account_id", "amount", "is_fraud", "event_time", "channel",
+                    "other", "amount\\u0000", "amo\\\"unt", "",
+                ]),
+                value_text(),
+                proptest::sample::select(vec!["", " ", "\n\t", "\r"]),
+            ),
+            0..8,
+        ),
+        cut in proptest::option::of(0usize..200),
+        byte in proptest::sample::select(vec![b'"', b'\\', b',', b'}', b':', b' ', 0x01, b'0', b'.', b'e']),
+    ) {
+        let schema = Schema::default_schema();
+        let body: Vec<String> =
+            members.iter().map(|(key, value, space)| format!("{space}\"{key}\"{space}:{space}{value}{space}")).collect();
+        let mut text = format!("{{{}}}", body.join(","));
+        if let Some(at) = cut.filter(|&at| at < text.len() && text.is_char_boundary(at) && text.is_char_boundary(at + 1)) {
+            text.replace_range(at..at + 1, std::str::from_utf8(&[byte]).unwrap());
+        }
+        if let Some(flat) = slots_flat(&schema, &text) {
+            let any = slots_read_any(&schema, &text);
+            proptest::prop_assert!(any.is_ok(), "flat took {:?}, serde_json refused it: {:?}", text, any);
+            proptest::prop_assert_eq!(Some(flat), any.ok(), "{:?}", text);
+        }
+    }
+}
