@@ -1,6 +1,7 @@
 //! A bare consumer for benchmarks: reads a topic from the beginning with ingest's own consumer
-//! settings, touches each payload and keeps nothing. Its rate is the ceiling for ingest on the
-//! same machine (`scripts/bench ingest` prints it beside the rate of kcat).
+//! settings and its way of reading (batches), touches each payload and keeps nothing. Its rate
+//! is the ceiling for ingest on the same machine (`scripts/bench ingest` prints it beside the
+//! rate of kcat).
 //!
 //!     cargo run --release --example bare_consume -- TOPIC COUNT [BROKERS]
 
@@ -25,6 +26,21 @@ impl OffsetSource for FromTheStart {
     fn revoking(&self, _: &[i32]) {}
 }
 
+/// Counts a message and reads one byte of it.
+fn touch(
+    payload: Option<&[u8]>,
+    started: &mut Option<Instant>,
+    checksum: &mut u8,
+    bytes: &mut u64,
+    read: &mut u64,
+) {
+    started.get_or_insert_with(Instant::now);
+    let payload = payload.unwrap_or_default();
+    *checksum ^= payload.first().copied().unwrap_or(0);
+    *bytes += payload.len() as u64;
+    *read += 1;
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(topic), Some(count)) = (args.get(1), args.get(2).and_then(|c| c.parse::<u64>().ok())) else {
@@ -42,13 +58,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut started: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     while read < count && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            started.get_or_insert_with(Instant::now);
-            let payload = m.payload().unwrap_or_default();
-            checksum ^= payload.first().copied().unwrap_or(0);
-            bytes += payload.len() as u64;
-            read += 1;
+        // As ingest's reader: the consumer's own queue for rebalances, then the messages of the
+        // assigned partitions in batches.
+        if let Some(Ok(m)) = consumer.poll(Duration::ZERO) {
+            touch(m.payload(), &mut started, &mut checksum, &mut bytes, &mut read);
         }
+        consumer.poll_batch(Duration::from_millis(100), 1024, |m| {
+            if let Ok((_, _, payload)) = m {
+                touch(payload, &mut started, &mut checksum, &mut bytes, &mut read);
+            }
+        });
     }
     let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
     if read < count {
