@@ -250,6 +250,10 @@ pub struct RunArgs {
     /// After each training run that publishes, score the history into transactions_batch.
     #[arg(long, env = "TXPIPE_BATCH_SCORE")]
     pub batch_score: bool,
+    /// Score only shard I of N of the table (the rows of the Kafka partitions p with
+    /// p % N == I); ingest still takes the partitions its consumer group gives it.
+    #[arg(long, env = "TXPIPE_SCORE_SHARD", value_name = "I/N")]
+    pub shard: Option<String>,
 }
 
 #[derive(Debug, Args, Default)]

@@ -348,7 +348,7 @@ fn run_pipeline(mut config: Config, a: args::RunArgs, report: ReportJson) -> Res
         model_dir: a.model_dir.clone(),
         exit_when_idle: a.exit_when_idle,
         start: a.start.clone(),
-        shard: None,
+        shard: a.shard.clone(),
     });
     let schema = config.validate_common().map_err(usage)?;
     let ingest_settings = config.ingest.validate().map_err(explain).map_err(usage)?;

@@ -92,6 +92,49 @@ fn two_shards_one_killed_at_random_moments_serve_every_transaction_once() {
 }
 
 #[test]
+fn two_run_processes_each_ingesting_and_scoring_a_shard_serve_every_transaction_once() {
+    let (dir, topic, database) = setup("runshards", "");
+    let d = dir.path();
+    let producer = spawn(
+        txpipe(d, &["produce", "--topic", &topic, "--count", "6000", "--rate", "1500", "--seed", "53"]),
+        &d.join("produce.log"),
+    );
+    // Two machines' worth: each process ingests what the group gives it and scores its shard.
+    let runs: Vec<_> = (0..2)
+        .map(|i| {
+            let log = d.join(format!("run-{i}.log"));
+            let shard = format!("{i}/2");
+            (
+                spawn(
+                    txpipe(d, &["run", "--topic", &topic, "--shard", &shard, "--exit-when-idle", "4"]),
+                    &log,
+                ),
+                log,
+            )
+        })
+        .collect();
+    wait_ok(producer, "produce", &d.join("produce.log"));
+    for (i, (run, log)) in runs.into_iter().enumerate() {
+        wait_ok(run, &format!("run {i}"), &log);
+    }
+    // Each run scored as its shard: progress under the table's location and the shard.
+    let sources = clickhouse(&format!(
+        "SELECT arrayStringConcat(arraySort(groupUniqArray(extract(source, '#shard=.*$'))), ',') \
+         FROM {database}.txpipe_score_progress"
+    ));
+    assert_eq!(sources, "#shard=0/2,#shard=1/2");
+    // One run may stop before the other's ingest made its last commit: the shards catch up.
+    for i in [0, 1] {
+        run_ok(txpipe(d, &["score", "--shard", &format!("{i}/2"), "--exit-when-idle", "0"]), "the last runs");
+    }
+    let got = clickhouse(&format!(
+        "SELECT count(), uniqExact(transaction_id), countIf(model_version != '') FROM {database}.transactions_serving"
+    ));
+    assert_eq!(got, "10000\t10000\t10000");
+    clickhouse(&format!("DROP DATABASE {database}"));
+}
+
+#[test]
 fn a_shard_refuses_a_model_whose_history_is_not_kept_by_the_kafka_key() {
     let (dir, _topic, database) = setup(
         "shardkey",
