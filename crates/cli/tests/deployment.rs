@@ -2,7 +2,8 @@
 //! own, with a config of its own, and they share only what machines share — the Kafka topic,
 //! the Delta tables on the S3 store (`scripts/services up s3`), the ClickHouse cluster
 //! (`scripts/services up clickhouse-cluster`: one shard of two replicas, each process talking
-//! to one of them) and the model folder.
+//! to one of them) and the model directory, on the S3 store beside the tables: no folder is
+//! shared.
 //!
 //! Two ingest processes in one consumer group (one killed -9 mid-run and started again), a
 //! train with batch scoring while events flow, and two score shards, each writing through a
@@ -38,13 +39,13 @@ fn query(server: &str, sql: &str) -> String {
 }
 
 /// One "machine": a working directory whose config names the shared tables, the replica it
-/// talks to and the shared model folder; its state (score's state file) stays in it.
+/// talks to and the model directory on the store; its state (score's state file) stays in it.
 struct Machine {
     dir: PathBuf,
 }
 
 impl Machine {
-    fn new(root: &Path, name: &str, tables: &Tables, server: &str, database: &str, models: &Path) -> Machine {
+    fn new(root: &Path, name: &str, tables: &Tables, server: &str, database: &str, models: &str) -> Machine {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let options: String = tables.env.iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
@@ -55,9 +56,7 @@ impl Machine {
                  [clickhouse]\nurl = \"{server}\"\ndatabase = \"{database}\"\ncluster = \"txpipe\"\n\
                  [models]\ndir = \"{}\"\n[ingest]\nflush_rows = 1000\n\
                  [score]\nmax_files = 2\nstart = \"0\"\n[train]\nforce = true\n",
-                tables.clean,
-                tables.quarantine,
-                models.display()
+                tables.clean, tables.quarantine, models
             ),
         )
         .unwrap();
@@ -105,7 +104,7 @@ fn ingest_train_and_score_shards_on_separate_machines_serve_every_transaction_on
     let tables = s3_tables("deploy");
     let topic = fresh_topic(&rt, "deploy", 4);
     let database = format!("test_deploy_{}", std::process::id());
-    let models = root.path().join("shared-models");
+    let models = format!("{}/models/lr_model", tables.clean.rsplit_once('/').unwrap().0);
     let [first, second] = replicas();
     let machine =
         |name: &str, server: &str| Machine::new(root.path(), name, &tables, server, &database, &models);

@@ -8,6 +8,8 @@
 //!   once.
 //! - The store killed -9 for 10 s under ingest and under score, and a SIGTERM during an outage:
 //!   nothing lost or repeated, recovery without help, a prompt stop.
+//! - The model directory on the store: train publishes there, score loads and reloads from it,
+//!   status reads it; nothing of it on the local disk.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -329,5 +331,50 @@ fn the_store_killed_for_10_s_under_score_loses_and_repeats_nothing() {
         )),
         "24000\t24000\t24000"
     );
+    clickhouse(&format!("DROP DATABASE {database}"));
+}
+
+#[test]
+fn a_model_directory_on_the_store_is_published_to_reloaded_from_and_read_by_status() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (dir, tables, database) = s3_folder("s3models");
+    let d = dir.path();
+    let prefix = tables.clean.rsplit_once('/').unwrap().0;
+    let models = format!("{prefix}/models/lr_model");
+    let config = std::fs::read_to_string(d.join("txpipe.toml")).unwrap();
+    std::fs::write(d.join("txpipe.toml"), format!("{config}[models]\ndir = \"{models}\"\n")).unwrap();
+    let topic = unique("s3models");
+    run_ok(txpipe(d, &["produce", "--topic", &topic, "--count", "4000", "--seed", "61"]), "produce");
+    run_ok(txpipe(d, &["ingest", "--topic", &topic, "--exit-when-idle", "2"]), "ingest");
+    run_ok(txpipe(d, &["train", "--report-json", "train.json"]), "train");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("train.json")).unwrap()).unwrap();
+    assert_eq!(report["published"], "000001", "{report}");
+    assert_eq!(report["report_path"], format!("{models}/versions/000001/report.html"), "{report}");
+    assert!(!d.join("models").exists(), "nothing of the models on the local disk");
+
+    let log = d.join("score.log");
+    let score = spawn(txpipe(d, &["score", "--exit-when-idle", "12"]), &log);
+    wait_for_log(&log, "scoring with model model=000001", Duration::from_secs(60));
+    run_ok(txpipe(d, &["train"]), "the second training");
+    wait_for_log(&log, "scoring with model model=000002", Duration::from_secs(60));
+    // Rows that come now are scored by the new model.
+    run_ok(txpipe(d, &["produce", "--topic", &topic, "--count", "1000", "--seed", "62"]), "produce more");
+    run_ok(txpipe(d, &["ingest", "--topic", &topic, "--exit-when-idle", "2"]), "ingest more");
+    wait_ok(score, "score", Duration::from_secs(120));
+    assert_eq!(
+        clickhouse(&format!(
+            "SELECT count(), uniqExact(transaction_id), countIf(model_version = '000002') >= 1000 \
+             FROM {database}.transactions_serving"
+        )),
+        "5000\t5000\t1"
+    );
+    let out = txpipe(d, &["status", "--json"]).stdout(Stdio::piped()).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let model = &status["model"];
+    assert_eq!(model["version"], "000002", "{status}");
+    assert_eq!(model["versions_kept"], serde_json::json!(["000001", "000002"]), "{status}");
+    assert_eq!(model["last_run"]["outcome"], "published", "{status}");
     clickhouse(&format!("DROP DATABASE {database}"));
 }

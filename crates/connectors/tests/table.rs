@@ -16,6 +16,10 @@ use txpipe_connectors::delta::{
 use txpipe_core::event::{EventParser, Value};
 use txpipe_core::schema::Schema;
 
+#[path = "common/s3.rs"]
+mod s3;
+use s3::s3_location;
+
 /// A clean batch of one event per time, ids made of the time and the position.
 fn rows(parser: &EventParser, times: &[&str]) -> RecordBatch {
     let mut rows = CleanRows::new(parser.schema());
@@ -77,24 +81,6 @@ async fn open_with(
 ) -> Table {
     let layout = clean_schema(parser.schema());
     Table::open_or_create(location, options, layout, Some(EVENT_DATE), "test", interval).await.unwrap()
-}
-
-/// The S3 store of `scripts/services up s3` (TXPIPE_TEST_S3 overrides the endpoint): a fresh
-/// prefix of its bucket, and the storage options that reach it.
-fn s3_location(name: &str) -> (String, BTreeMap<String, String>) {
-    let port = std::env::var("TXPIPE_S3_PORT").unwrap_or_else(|_| "8333".into());
-    let endpoint = std::env::var("TXPIPE_TEST_S3").unwrap_or_else(|_| format!("http://127.0.0.1:{port}"));
-    let bucket = std::env::var("TXPIPE_S3_BUCKET").unwrap_or_else(|_| "lake".into());
-    let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.into());
-    let options = BTreeMap::from([
-        ("AWS_ENDPOINT_URL".to_string(), endpoint),
-        ("AWS_ACCESS_KEY_ID".to_string(), env("AWS_ACCESS_KEY_ID", "txpipe")),
-        ("AWS_SECRET_ACCESS_KEY".to_string(), env("AWS_SECRET_ACCESS_KEY", "txpipe-secret")),
-        ("AWS_REGION".to_string(), "us-east-1".to_string()),
-        ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
-    ]);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    (format!("s3://{bucket}/test-{name}-{}-{nanos}", std::process::id()), options)
 }
 
 fn one_row(parser: &EventParser) -> RecordBatch {

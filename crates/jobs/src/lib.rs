@@ -41,6 +41,9 @@ pub enum JobError {
     Delta(#[from] txpipe_connectors::delta::DeltaError),
     #[error(transparent)]
     ClickHouse(#[from] txpipe_connectors::clickhouse::ClickHouseError),
+    /// The model directory on an object store.
+    #[error(transparent)]
+    Objects(#[from] txpipe_connectors::objects::ObjectsError),
     /// Train published its model, then failed at batch scoring.
     #[error("model version {published} is published, but its batch scores were not written: {source}")]
     BatchScore { published: String, source: Box<JobError> },
@@ -84,6 +87,7 @@ impl JobError {
             JobError::Kafka(e) => e.retryable(),
             JobError::Delta(e) => e.retryable(),
             JobError::ClickHouse(e) => e.retryable(),
+            JobError::Objects(e) => e.retryable(),
             JobError::BatchScore { source, .. } => source.retryable(),
             JobError::Io { source, .. } => {
                 matches!(source.kind(), ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock)

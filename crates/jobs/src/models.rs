@@ -2,17 +2,27 @@
 //! atomically, so that a reader never sees a half-written model.
 //!
 //! Layout under the directory: `versions/<id>/model.json` (and whatever else a version holds,
-//! such as its report), and `CURRENT`, a one-line file naming the current version. Publishing
-//! writes the version into a temporary directory, syncs it and renames it into place, then
-//! writes `CURRENT` the same way; a rename is atomic on one file system. Version ids count up
-//! from `000001`; two publishers at once take different ids (a rename onto a version that
-//! exists fails), and `CURRENT` ends on the later of them (the switch is locked and only moves
-//! forward).
+//! such as its report), and `CURRENT`, a one-line file naming the current version. Version ids
+//! count up from `000001`; two publishers at once take different ids, and `CURRENT` ends on the
+//! later of them (the switch only moves forward).
+//!
+//! In a local folder (or a network file system), publishing writes the version into a
+//! temporary directory, syncs it and renames it into place (a rename onto a version that exists
+//! fails), then writes `CURRENT` the same way under a lock; a rename is atomic on one file
+//! system. On an object store (`s3://bucket/models/lr_model`, with the tables' storage
+//! options), a version's `model.json` is created only if absent (the store's conditional put,
+//! as Delta commits: of two publishers one takes the id, the other the next), its other files
+//! follow, and `CURRENT` is replaced only if it is still the object read (`If-Match`); a put is
+//! atomic, so a reader sees the old pointer or the new one, never a part.
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
+use txpipe_connectors::objects::{Objects, ObjectsError};
 use txpipe_core::model::ModelArtifact;
 
 use crate::{JobError, Result};
@@ -39,10 +49,16 @@ pub struct LastRun {
     pub holdout_auc: Option<f64>,
 }
 
-/// A model directory.
+/// A model directory: a local folder or an object-store URL.
 #[derive(Debug, Clone)]
 pub struct ModelStore {
-    dir: PathBuf,
+    at: At,
+}
+
+#[derive(Debug, Clone)]
+enum At {
+    Local(PathBuf),
+    Object(Objects),
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -55,59 +71,133 @@ fn sync_dir(path: &Path) -> Result<()> {
     fs::File::open(path).and_then(|d| d.sync_all()).map_err(|e| JobError::io(path, e))
 }
 
+/// Runs an object-store request to its end from the store's synchronous callers (some of them
+/// inside the jobs' runtime, where blocking on a future of that runtime is not allowed): on a
+/// runtime of its own, one thread, started at the first request.
+fn block<T: Send + 'static>(request: impl Future<Output = T> + Send + 'static) -> Result<T> {
+    static RUNTIME: OnceLock<std::io::Result<tokio::runtime::Runtime>> = OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("txpipe-models")
+            .enable_all()
+            .build()
+    });
+    let runtime = runtime
+        .as_ref()
+        .map_err(|e| JobError::Internal(format!("starting the model store's runtime: {e}")))?;
+    let (answer, answered) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = answer.send(request.await);
+    });
+    answered.recv().map_err(|_| JobError::Internal("a model store request ended without an answer".into()))
+}
+
+/// A request's answer, with the store's error as the job's.
+fn answer<T>(r: Result<std::result::Result<T, ObjectsError>>) -> Result<T> {
+    r?.map_err(JobError::from)
+}
+
 impl ModelStore {
+    /// A model directory in a local folder.
     pub fn new(dir: impl Into<PathBuf>) -> ModelStore {
-        ModelStore { dir: dir.into() }
+        ModelStore { at: At::Local(dir.into()) }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The model directory at `location`: a local path, or an object-store URL opened with the
+    /// tables' storage options.
+    pub fn open(location: &str, storage_options: &BTreeMap<String, String>) -> Result<ModelStore> {
+        if txpipe_connectors::delta::is_object_store(location) {
+            Ok(ModelStore { at: At::Object(Objects::open(location, storage_options)?) })
+        } else {
+            Ok(ModelStore::new(location))
+        }
     }
 
-    /// The directory of version `id`.
-    pub fn version_dir(&self, id: &str) -> PathBuf {
-        self.dir.join(VERSIONS).join(id)
+    /// Where the directory is (a path or a URL).
+    pub fn location(&self) -> String {
+        match &self.at {
+            At::Local(dir) => dir.display().to_string(),
+            At::Object(o) => o.url().to_string(),
+        }
     }
 
-    /// Records the last training run's decision (written whole, then renamed over the old one).
+    /// Where version `id`'s file `name` is (a path or a URL).
+    pub fn file_location(&self, id: &str, name: &str) -> String {
+        match &self.at {
+            At::Local(dir) => dir.join(VERSIONS).join(id).join(name).display().to_string(),
+            At::Object(o) => o.url_of(&format!("{VERSIONS}/{id}/{name}")),
+        }
+    }
+
+    /// An object's bytes (None: there is none).
+    fn get(o: &Objects, name: String) -> Result<Option<Vec<u8>>> {
+        let o = o.clone();
+        answer(block(async move { o.get(&name).await.map(|got| got.map(|g| g.bytes)) }))
+    }
+
+    /// Records the last training run's decision (written whole, replacing the old one).
     pub fn record_run(&self, run: &LastRun) -> Result<()> {
-        fs::create_dir_all(&self.dir).map_err(|e| JobError::io(&self.dir, e))?;
-        let path = self.dir.join(LAST_RUN);
-        let tmp = self.dir.join(format!(".{LAST_RUN}.tmp"));
         let text = serde_json::to_vec_pretty(run).map_err(|e| JobError::data(LAST_RUN, e))?;
-        write_synced(&tmp, &text)?;
-        fs::rename(&tmp, &path).map_err(|e| JobError::io(&path, e))
+        match &self.at {
+            At::Local(dir) => {
+                fs::create_dir_all(dir).map_err(|e| JobError::io(dir, e))?;
+                let path = dir.join(LAST_RUN);
+                let tmp = dir.join(format!(".{LAST_RUN}.tmp"));
+                write_synced(&tmp, &text)?;
+                fs::rename(&tmp, &path).map_err(|e| JobError::io(&path, e))
+            }
+            At::Object(o) => {
+                let o = o.clone();
+                answer(block(async move { o.put(LAST_RUN, text).await }))
+            }
+        }
     }
 
     /// The last training run's decision, if one was recorded.
     pub fn last_run(&self) -> Option<LastRun> {
-        let text = fs::read_to_string(self.dir.join(LAST_RUN)).ok()?;
-        serde_json::from_str(&text).ok()
+        let bytes = match &self.at {
+            At::Local(dir) => fs::read(dir.join(LAST_RUN)).ok()?,
+            At::Object(o) => Self::get(o, LAST_RUN.into()).ok()??,
+        };
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// The version ids kept, oldest first.
     pub fn versions(&self) -> Vec<String> {
-        let mut ids: Vec<String> = fs::read_dir(self.dir.join(VERSIONS))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .filter(|n| n.parse::<u64>().is_ok())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let names: Vec<String> = match &self.at {
+            At::Local(dir) => fs::read_dir(dir.join(VERSIONS))
+                .map(|entries| {
+                    entries.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).collect()
+                })
+                .unwrap_or_default(),
+            At::Object(o) => {
+                let o = o.clone();
+                answer(block(async move { o.folders(VERSIONS).await })).unwrap_or_default()
+            }
+        };
+        let mut ids: Vec<String> = names.into_iter().filter(|n| n.parse::<u64>().is_ok()).collect();
         ids.sort();
         ids
     }
 
     /// The id `CURRENT` names, if any.
     pub fn current_id(&self) -> Result<Option<String>> {
-        let path = self.dir.join(POINTER);
-        match fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(text.trim().to_string()).filter(|id| !id.is_empty())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(JobError::io(path, e)),
-        }
+        let text = match &self.at {
+            At::Local(dir) => {
+                let path = dir.join(POINTER);
+                match fs::read_to_string(&path) {
+                    Ok(text) => text,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(JobError::io(path, e)),
+                }
+            }
+            At::Object(o) => match Self::get(o, POINTER.into())? {
+                Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(text.trim().to_string()).filter(|id| !id.is_empty()))
     }
 
     /// The current model, if one was published.
@@ -120,14 +210,18 @@ impl ModelStore {
 
     /// Version `id`'s model.
     pub fn load(&self, id: &str) -> Result<ModelArtifact> {
-        let path = self.version_dir(id).join(MODEL_FILE);
-        let text = fs::read_to_string(&path).map_err(|e| JobError::io(&path, e))?;
-        let model: ModelArtifact = serde_json::from_str(&text).map_err(|e| {
-            JobError::data(path.display().to_string(), format!("not a model.json of txpipe: {e}"))
-        })?;
+        let location = self.file_location(id, MODEL_FILE);
+        let text = match &self.at {
+            At::Local(_) => fs::read(&location).map_err(|e| JobError::io(&location, e))?,
+            At::Object(o) => Self::get(o, format!("{VERSIONS}/{id}/{MODEL_FILE}"))?.ok_or_else(|| {
+                JobError::data(&location, "no such model (its version is not in the model directory)")
+            })?,
+        };
+        let model: ModelArtifact = serde_json::from_slice(&text)
+            .map_err(|e| JobError::data(&location, format!("not a model.json of txpipe: {e}")))?;
         if model.format != txpipe_core::model::artifact::FORMAT {
             return Err(JobError::data(
-                path.display().to_string(),
+                location,
                 format!(
                     "model format {} (this txpipe reads {})",
                     model.format,
@@ -140,31 +234,58 @@ impl ModelStore {
 
     /// The next free version id.
     fn next_id(&self) -> Result<u64> {
-        let versions = self.dir.join(VERSIONS);
-        let mut highest = 0;
-        match fs::read_dir(&versions) {
-            Ok(entries) => {
-                for e in entries.flatten() {
-                    if let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) {
-                        highest = highest.max(n);
-                    }
+        let highest = match &self.at {
+            At::Local(dir) => {
+                let versions = dir.join(VERSIONS);
+                match fs::read_dir(&versions) {
+                    Ok(entries) => entries
+                        .flatten()
+                        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()))
+                        .max()
+                        .unwrap_or(0),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                    Err(e) => return Err(JobError::io(versions, e)),
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(JobError::io(versions, e)),
-        }
+            At::Object(o) => {
+                let o = o.clone();
+                let names = answer(block(async move { o.folders(VERSIONS).await }))?;
+                names.iter().filter_map(|n| n.parse::<u64>().ok()).max().unwrap_or(0)
+            }
+        };
         Ok(highest + 1)
     }
 
-    /// Publishes a model: `fill` writes the version's files (the model first) into a fresh
-    /// directory given its id; then the directory moves into place and becomes current.
-    /// Returns the new version's id and directory.
+    /// Publishes a model: `model` makes the artifact for an id, `extra` writes the version's
+    /// other files into a folder given the artifact; then the version takes its place and
+    /// becomes current. Returns the new version's id.
     pub fn publish(
         &self,
         model: impl Fn(&str) -> ModelArtifact,
         extra: impl Fn(&ModelArtifact, &Path) -> Result<()>,
-    ) -> Result<(String, PathBuf)> {
-        let versions = self.dir.join(VERSIONS);
+    ) -> Result<String> {
+        let id = match &self.at {
+            At::Local(dir) => self.publish_local(dir, model, extra)?,
+            At::Object(o) => self.publish_object(o, model, extra)?,
+        };
+        if !self.point_to(&id)? {
+            tracing::warn!(
+                version = %id,
+                current = ?self.current_id().ok().flatten(),
+                "published, but a newer version is current already (another publisher at the same time); \
+                 CURRENT stays on it"
+            );
+        }
+        Ok(id)
+    }
+
+    fn publish_local(
+        &self,
+        dir: &Path,
+        model: impl Fn(&str) -> ModelArtifact,
+        extra: impl Fn(&ModelArtifact, &Path) -> Result<()>,
+    ) -> Result<String> {
+        let versions = dir.join(VERSIONS);
         fs::create_dir_all(&versions).map_err(|e| JobError::io(&versions, e))?;
         let staging = versions.join(format!(
             ".staging-{}-{}",
@@ -177,16 +298,13 @@ impl ModelStore {
             loop {
                 let id = format!("{number:06}");
                 let artifact = model(&id);
-                // The artifact's types always serialise: a failure here is a bug.
-                let text = serde_json::to_vec_pretty(&artifact)
-                    .map_err(|e| JobError::Internal(format!("serialising the model: {e}")))?;
-                write_synced(&staging.join(MODEL_FILE), &text)?;
+                write_synced(&staging.join(MODEL_FILE), &serialise(&artifact)?)?;
                 extra(&artifact, &staging)?;
                 sync_dir(&staging)?;
                 let target = versions.join(&id);
                 // Fails when another publisher took the id first: take the next.
                 match fs::rename(&staging, &target) {
-                    Ok(()) if fs::metadata(&target).is_ok() => return Ok((id, target)),
+                    Ok(()) if fs::metadata(&target).is_ok() => return Ok(id),
                     Ok(()) => {
                         let gone =
                             std::io::Error::new(std::io::ErrorKind::NotFound, "vanished after the rename");
@@ -197,50 +315,102 @@ impl ModelStore {
                 }
             }
         })();
-        let (id, target) = match written {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&staging);
-                return Err(e);
-            }
-        };
-        sync_dir(&versions)?;
-        if !self.point_to(&id)? {
-            tracing::warn!(
-                version = %id,
-                current = ?self.current_id().ok().flatten(),
-                "published, but a newer version is current already (another publisher at the same time); \
-                 CURRENT stays on it"
-            );
+        if written.is_err() {
+            let _ = fs::remove_dir_all(&staging);
         }
-        Ok((id, target))
+        let id = written?;
+        sync_dir(&versions)?;
+        Ok(id)
+    }
+
+    /// On an object store: the version's other files are written to a local folder first; the
+    /// id is taken by creating its `model.json` only if absent, then the other files follow.
+    fn publish_object(
+        &self,
+        o: &Objects,
+        model: impl Fn(&str) -> ModelArtifact,
+        extra: impl Fn(&ModelArtifact, &Path) -> Result<()>,
+    ) -> Result<String> {
+        let staging = tempfile::tempdir().map_err(|e| JobError::io(std::env::temp_dir(), e))?;
+        let mut number = self.next_id()?;
+        let (id, artifact) = loop {
+            let id = format!("{number:06}");
+            let artifact = model(&id);
+            let (o, name, text) = (o.clone(), format!("{VERSIONS}/{id}/{MODEL_FILE}"), serialise(&artifact)?);
+            if answer(block(async move { o.put_if(&name, text, None).await }))? {
+                break (id, artifact);
+            }
+            // Another publisher took this id first: take the next.
+            number += 1;
+        };
+        extra(&artifact, staging.path())?;
+        let entries = fs::read_dir(staging.path()).map_err(|e| JobError::io(staging.path(), e))?;
+        for entry in entries {
+            let path = entry.map_err(|e| JobError::io(staging.path(), e))?.path();
+            let Some(file) = path.file_name().and_then(|f| f.to_str()).map(str::to_string) else { continue };
+            let bytes = fs::read(&path).map_err(|e| JobError::io(&path, e))?;
+            let (o, name) = (o.clone(), format!("{VERSIONS}/{id}/{file}"));
+            answer(block(async move { o.put(&name, bytes).await }))?;
+        }
+        Ok(id)
     }
 
     /// Points `CURRENT` at version `id`, unless a newer version is current already: of two
     /// publishers at once, the later version stays current whichever of them switches last.
-    /// The switch holds an exclusive lock on `.CURRENT.lock` (released when the file closes).
-    /// Returns whether it switched.
+    /// Locally the switch holds an exclusive lock on `.CURRENT.lock` (released when the file
+    /// closes); on an object store `CURRENT` is replaced only if it is still the one read, and
+    /// read again otherwise. Returns whether it switched.
     fn point_to(&self, id: &str) -> Result<bool> {
-        let lock_path = self.dir.join(format!(".{POINTER}.lock"));
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| JobError::io(&lock_path, e))?;
-        lock.lock().map_err(|e| JobError::io(&lock_path, e))?;
         let number = |v: &str| v.parse::<u64>().ok();
-        if self.current_id()?.is_some_and(|current| number(&current) > number(id)) {
-            return Ok(false);
+        let text = format!("{id}\n").into_bytes();
+        match &self.at {
+            At::Local(dir) => {
+                let lock_path = dir.join(format!(".{POINTER}.lock"));
+                let lock = fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .map_err(|e| JobError::io(&lock_path, e))?;
+                lock.lock().map_err(|e| JobError::io(&lock_path, e))?;
+                if self.current_id()?.is_some_and(|current| number(&current) > number(id)) {
+                    return Ok(false);
+                }
+                let pointer_tmp = dir.join(format!(".{POINTER}.{}", std::process::id()));
+                write_synced(&pointer_tmp, &text)?;
+                let pointer = dir.join(POINTER);
+                fs::rename(&pointer_tmp, &pointer).map_err(|e| JobError::io(&pointer, e))?;
+                sync_dir(dir)?;
+                Ok(true)
+            }
+            At::Object(o) => loop {
+                let o = o.clone();
+                let (current, text) = (o.clone(), text.clone());
+                let seen = answer(block(async move { current.get(POINTER).await }))?;
+                let current = seen.as_ref().map(|s| String::from_utf8_lossy(&s.bytes).trim().to_string());
+                if current.is_some_and(|c| number(&c) > number(id)) {
+                    return Ok(false);
+                }
+                let seen = seen.map(|s| s.seen);
+                if answer(block(async move { o.put_if(POINTER, text, seen.as_ref()).await }))? {
+                    return Ok(true);
+                }
+                // Another publisher switched it since it was read: look again.
+            },
         }
-        let pointer_tmp = self.dir.join(format!(".{POINTER}.{}", std::process::id()));
-        write_synced(&pointer_tmp, format!("{id}\n").as_bytes())?;
-        let pointer = self.dir.join(POINTER);
-        fs::rename(&pointer_tmp, &pointer).map_err(|e| JobError::io(&pointer, e))?;
-        sync_dir(&self.dir)?;
-        Ok(true)
     }
 }
+
+/// A model's `model.json` text.
+fn serialise(artifact: &ModelArtifact) -> Result<Vec<u8>> {
+    // The artifact's types always serialise: a failure here is a bug.
+    serde_json::to_vec_pretty(artifact).map_err(|e| JobError::Internal(format!("serialising the model: {e}")))
+}
+
+/// The S3 store of the tests (shared with the connectors' tests).
+#[cfg(test)]
+#[path = "../../connectors/tests/common/s3.rs"]
+mod test_s3;
 
 #[cfg(test)]
 mod tests {
@@ -262,5 +432,45 @@ mod tests {
         assert!(store.point_to("000003").unwrap());
         assert!(store.point_to("000003").unwrap());
         assert_eq!(store.current_id().unwrap().as_deref(), Some("000003"));
+    }
+
+    use super::test_s3 as s3;
+
+    /// The same interleaving on the S3 store of `scripts/services up s3`, where the switch is a
+    /// replacement of `CURRENT` only if unchanged; the versions and the last run read back.
+    #[test]
+    fn on_an_object_store_the_later_version_stays_current_too() {
+        let (location, options) = s3::s3_location("models");
+        let store = ModelStore::open(&format!("{location}/lr_model"), &options).unwrap();
+        assert_eq!(store.current_id().unwrap(), None);
+        assert_eq!(store.next_id().unwrap(), 1);
+        assert!(store.point_to("000002").unwrap());
+        assert!(!store.point_to("000001").unwrap());
+        assert_eq!(store.current_id().unwrap().as_deref(), Some("000002"));
+        assert!(store.point_to("000003").unwrap());
+        assert!(store.point_to("000003").unwrap());
+        assert_eq!(store.current_id().unwrap().as_deref(), Some("000003"));
+        let run = LastRun {
+            at: "2026-12-07T00:00:00Z".into(),
+            outcome: "refused".into(),
+            code: Some("auc_floor".into()),
+            detail: Some("under the floor".into()),
+            version: None,
+            holdout_auc: Some(0.5),
+        };
+        store.record_run(&run).unwrap();
+        assert_eq!(store.last_run(), Some(run));
+        // A version the pointer names but the store does not hold is an error that says so.
+        let missing = store.load("000003").unwrap_err().to_string();
+        assert!(
+            missing.contains("lr_model/versions/000003/model.json") && missing.contains("no such model"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn a_model_directory_url_that_is_not_one_names_itself() {
+        let e = ModelStore::open("s3://", &BTreeMap::new()).unwrap_err().to_string();
+        assert!(e.starts_with("s3://"), "{e}");
     }
 }

@@ -166,8 +166,9 @@ fn now_ms() -> i64 {
 pub async fn run(job: &StatusJob) -> Status {
     // The clean table, loaded once for ingest's positions, its own figures and score's lag.
     let table = open(&job.tables.clean, &job.tables.storage_options).await;
-    let (clean, quarantine, model) =
-        tokio::join!(clean_table(job, &table), quarantine(job), async { model(&job.model_dir) });
+    let (clean, quarantine, model) = tokio::join!(clean_table(job, &table), quarantine(job), async {
+        model(&job.model_dir, &job.tables.storage_options)
+    });
     let (ingest, score, serving) =
         tokio::join!(ingest(job, &table), score(job, &table), serving(&job.clickhouse));
     let mut status = Status {
@@ -445,8 +446,11 @@ fn score_line(v: &ScoreStatus) -> String {
     )
 }
 
-fn model(dir: &str) -> Part<ModelStatus> {
-    let store = ModelStore::new(dir);
+fn model(dir: &str, storage_options: &std::collections::BTreeMap<String, String>) -> Part<ModelStatus> {
+    let store = match ModelStore::open(dir, storage_options) {
+        Ok(store) => store,
+        Err(e) => return Part::unreachable(e),
+    };
     let artifact = match store.current() {
         Ok(Some(a)) => a,
         Ok(None) => return Part::absent(format!("no model published in {dir}")),

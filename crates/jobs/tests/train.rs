@@ -226,7 +226,7 @@ async fn scikit_learn_on_the_exported_features_finds_the_same_model() {
         };
         let report = train::run(job(dir.path(), config), Shutdown::new()).await.unwrap();
         let id = report.published.unwrap();
-        let model = ModelStore::new(dir.path().join("models")).version_dir(&id).join("model.json");
+        let model = ModelStore::new(dir.path().join("models")).file_location(&id, "model.json");
         let out =
             std::process::Command::new(test_python()).arg(&script).arg(&export).arg(&model).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);

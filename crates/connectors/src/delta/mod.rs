@@ -21,7 +21,7 @@ mod table;
 mod tail;
 mod writer;
 
-pub use config::TablesConfig;
+pub use config::{TablesConfig, is_object_store, store_options};
 /// A loaded Delta table (as `TableTail` hands it out).
 pub use deltalake::DeltaTable;
 /// The Arrow version delta-rs is built with, for callers that build batches.

@@ -218,7 +218,7 @@ async fn run_into(job: &ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport)
     run.retry("creating the serving tables", || run.serving.ensure()).await?;
 
     // A model first: rows are not read before there is one to score them with.
-    let (store, mut refused) = (ModelStore::new(&job.model_dir), None);
+    let (store, mut refused) = (ModelStore::open(&job.model_dir, &job.tables.storage_options)?, None);
     let mut waiting = Waiting::new("no model published yet", " (rows are scored once one is)");
     let mut watch = loop {
         if let Some(w) = ModelWatch::try_first(&store, &job.schema, &mut refused) {

@@ -283,7 +283,7 @@ pub async fn run(job: TrainJob, shutdown: Shutdown) -> Result<TrainReport> {
         beat: crate::telemetry::Beat::new("train"),
     };
     stages.spinner.enable_steady_tick(std::time::Duration::from_millis(150));
-    let store = ModelStore::new(&job.model_dir);
+    let store = ModelStore::open(&job.model_dir, &job.tables.storage_options)?;
     let outcome = run_stages(job, spec, label, started, &stages).await;
     stages.spinner.finish_and_clear();
     count_run(&outcome);
@@ -387,7 +387,7 @@ async fn run_stages(
     if let (Some(batch), Some(id)) = (batch, report.published.clone()) {
         let scored = async {
             stages.begin("batch scoring into ClickHouse")?;
-            let model = ModelStore::new(&model_dir).load(&id)?;
+            let model = ModelStore::open(&model_dir, &tables.storage_options)?.load(&id)?;
             let version = Some(report.delta_version);
             batch::score_history(&tables, &schema, &model, version, parallelism, &batch, &stages.shutdown)
                 .await
@@ -653,7 +653,7 @@ fn fit_and_publish(job: TrainJob, prepared: Prepared, stages: &Stages) -> Result
     report.holdout_auc = metrics.holdout.auc_roc;
     report.holdout_auc_pr = metrics.holdout.auc_pr;
     report.threshold = chosen.threshold;
-    let store = ModelStore::new(&job.model_dir);
+    let store = ModelStore::open(&job.model_dir, &job.tables.storage_options)?;
     gate(&store, &job.settings.config, metrics.holdout.auc_roc)?;
 
     stages.begin("publishing")?;
@@ -684,15 +684,15 @@ fn fit_and_publish(job: TrainJob, prepared: Prepared, stages: &Stages) -> Result
         },
         metrics: metrics.clone(),
     };
-    let (id, dir) = store.publish(artifact, |model, dir| {
+    let id = store.publish(artifact, |model, dir| {
         let page = report::render(model, &ph, holdout.labels())?;
         let path = dir.join(report::REPORT_FILE);
         std::fs::write(&path, page).map_err(|e| JobError::io(&path, e))
     })?;
-    report.report_path = Some(dir.join(report::REPORT_FILE).display().to_string());
+    report.report_path = Some(store.file_location(&id, report::REPORT_FILE));
     report.publish_s = started.elapsed().as_secs_f64();
     stage_done("publish", report.publish_s);
-    tracing::info!(version = %id, dir = %dir.display(), auc = metrics.holdout.auc_roc, "model published");
+    tracing::info!(version = %id, model_dir = %store.location(), auc = metrics.holdout.auc_roc, "model published");
     report.published = Some(id);
     Ok(report)
 }
