@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use deltalake::logstore::ObjectStoreRef;
 use deltalake::logstore::object_store::path::Path;
 use deltalake::logstore::object_store::{
-    Error as StoreError, GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
+    Error as StoreError, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    UpdateVersion,
 };
 
 /// What can go wrong with the files under a URL.
@@ -117,12 +118,39 @@ impl Objects {
 
     /// Writes `name` only if there is no object of that name (or, with `seen`, only if the
     /// object is still the one read): false when another writer was first.
+    ///
+    /// A store that gives no version of its objects (no ETag), or does not support replacing
+    /// only if unchanged, gets a plain replacement, with a warning: two writers at the same
+    /// moment could then both think they replaced the object.
     pub async fn put_if(&self, name: &str, bytes: Vec<u8>, seen: Option<&Seen>) -> Result<bool> {
-        let mode = match seen {
-            None => PutMode::Create,
-            Some(s) => PutMode::Update(UpdateVersion { e_tag: s.e_tag.clone(), version: s.version.clone() }),
+        let update = match seen {
+            None => return self.put_mode(name, bytes, PutMode::Create).await,
+            Some(Seen { e_tag: None, version: None }) => None,
+            Some(s) => Some(UpdateVersion { e_tag: s.e_tag.clone(), version: s.version.clone() }),
         };
-        self.put_mode(name, bytes, mode).await
+        if let Some(update) = update {
+            match self.put_mode(name, bytes.clone(), PutMode::Update(update)).await {
+                Err(ObjectsError::Store { source, .. })
+                    if matches!(
+                        *source,
+                        StoreError::NotImplemented { .. } | StoreError::NotSupported { .. }
+                    ) => {}
+                answer => return answer,
+            }
+        }
+        tracing::warn!(
+            object = %self.url_of(name),
+            "the store cannot replace an object only if unchanged: replacing it unconditionally"
+        );
+        self.put_mode(name, bytes, PutMode::Overwrite).await
+    }
+
+    /// Deletes `name` (nothing to do when it is not there).
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        match self.store.delete(&Path::from(name)).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(name, e)),
+        }
     }
 
     async fn put_mode(&self, name: &str, bytes: Vec<u8>, mode: PutMode) -> Result<bool> {
@@ -134,7 +162,20 @@ impl Objects {
         }
     }
 
-    /// The names of the folders directly under `prefix`.
+    /// The names (paths under the URL) of every object under `prefix`, at any depth.
+    pub async fn names(&self, prefix: &str) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&Path::from(prefix)))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(prefix, e))?;
+        Ok(listed.into_iter().map(|meta| meta.location.to_string()).collect())
+    }
+
+    /// The names of the folders directly under `prefix` (a store may keep a folder whose
+    /// objects were all deleted).
     pub async fn folders(&self, prefix: &str) -> Result<Vec<String>> {
         let listed = self
             .store

@@ -28,5 +28,11 @@ async fn of_two_writers_only_the_first_creates_and_only_one_replaces_what_both_r
     let mut folders = objects.folders("versions").await.unwrap();
     folders.sort();
     assert_eq!(folders, ["000001", "000002"]);
+    // Deleting; deleting what is not there is no error. (The store may keep the empty folder:
+    // the objects under a prefix say what is there.)
+    objects.delete("versions/000002/model.json").await.unwrap();
+    objects.delete("versions/000002/model.json").await.unwrap();
+    assert!(objects.get("versions/000002/model.json").await.unwrap().is_none());
+    assert_eq!(objects.names("versions").await.unwrap(), ["versions/000001/model.json"]);
     assert_eq!(objects.url_of("CURRENT"), format!("{location}/CURRENT"));
 }

@@ -171,9 +171,17 @@ impl ModelStore {
                     entries.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).collect()
                 })
                 .unwrap_or_default(),
+            // The versions that hold a model (a store may keep the folder of one removed).
             At::Object(o) => {
                 let o = o.clone();
-                answer(block(async move { o.folders(VERSIONS).await })).unwrap_or_default()
+                let names = answer(block(async move { o.names(VERSIONS).await })).unwrap_or_default();
+                names
+                    .iter()
+                    .filter_map(|n| {
+                        n.strip_suffix(&format!("/{MODEL_FILE}"))?.strip_prefix(&format!("{VERSIONS}/"))
+                    })
+                    .map(str::to_string)
+                    .collect()
             }
         };
         let mut ids: Vec<String> = names.into_iter().filter(|n| n.parse::<u64>().is_ok()).collect();
@@ -343,14 +351,27 @@ impl ModelStore {
             // Another publisher took this id first: take the next.
             number += 1;
         };
-        extra(&artifact, staging.path())?;
-        let entries = fs::read_dir(staging.path()).map_err(|e| JobError::io(staging.path(), e))?;
-        for entry in entries {
-            let path = entry.map_err(|e| JobError::io(staging.path(), e))?.path();
-            let Some(file) = path.file_name().and_then(|f| f.to_str()).map(str::to_string) else { continue };
-            let bytes = fs::read(&path).map_err(|e| JobError::io(&path, e))?;
-            let (o, name) = (o.clone(), format!("{VERSIONS}/{id}/{file}"));
-            answer(block(async move { o.put(&name, bytes).await }))?;
+        let rest = (|| {
+            extra(&artifact, staging.path())?;
+            let entries = fs::read_dir(staging.path()).map_err(|e| JobError::io(staging.path(), e))?;
+            for entry in entries {
+                let path = entry.map_err(|e| JobError::io(staging.path(), e))?.path();
+                let Some(file) = path.file_name().and_then(|f| f.to_str()).map(str::to_string) else {
+                    continue;
+                };
+                let bytes = fs::read(&path).map_err(|e| JobError::io(&path, e))?;
+                let (o, name) = (o.clone(), format!("{VERSIONS}/{id}/{file}"));
+                answer(block(async move { o.put(&name, bytes).await }))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = rest {
+            // Not published: the version's model goes, so that its id is not listed as kept.
+            let (o, name) = (o.clone(), format!("{VERSIONS}/{id}/{MODEL_FILE}"));
+            if let Err(gone) = answer(block(async move { o.delete(&name).await })) {
+                tracing::warn!(version = %id, error = %gone, "removing the unpublished version failed");
+            }
+            return Err(e);
         }
         Ok(id)
     }
