@@ -345,11 +345,11 @@ fn consumer_settings(config: &KafkaConfig) -> Vec<(&'static str, &str)> {
         ("auto.offset.reset", "error"),
         // Prefetch: enough to keep the reader busy, bounded in memory. A fetch answer is
         // compressed and becomes several times its size once unpacked into messages, so fetches
-        // stay small and frequent: 512 KiB per partition, 2 MiB per request, at most 2 MiB
-        // waiting per partition, and the fetcher looks again 10 ms (not the default 1 s) after
-        // the reader caught up.
-        ("fetch.max.bytes", "2097152"),
-        ("max.partition.fetch.bytes", "524288"),
+        // stay moderate: 1 MiB per partition, 4 MiB per request (half that measured 7 % slower
+        // at full speed, BENCHMARKS.md), at most 2 MiB waiting per partition, and the fetcher
+        // looks again 10 ms (not the default 1 s) after the reader caught up.
+        ("fetch.max.bytes", "4194304"),
+        ("max.partition.fetch.bytes", "1048576"),
         ("queued.min.messages", "10000"),
         ("queued.max.messages.kbytes", "2048"),
         ("fetch.queue.backoff.ms", "10"),
