@@ -221,7 +221,9 @@ async fn run_into(job: &ScoreJob, shutdown: &Shutdown, report: &mut ScoreReport)
     let (store, mut refused) = (ModelStore::open(&job.model_dir, &job.tables.storage_options)?, None);
     let mut waiting = Waiting::new("no model published yet", " (rows are scored once one is)");
     let mut watch = loop {
-        if let Some(w) = ModelWatch::try_first(&store, &job.schema, &mut refused) {
+        if let Some(w) =
+            tokio::task::block_in_place(|| ModelWatch::try_first(&store, &job.schema, &mut refused))
+        {
             break w;
         }
         if !run.keep_waiting(&mut waiting, job.settings.model_poll).await {

@@ -81,10 +81,15 @@ impl ModelWatch {
         })
     }
 
+    /// Whether a look at the pointer is due (one every `every`).
+    pub(super) fn due(&self, every: Duration) -> bool {
+        self.checked.elapsed() >= every
+    }
+
     /// Looks at the pointer (at most every `every`) and switches to a new model. True when the
     /// model changed.
     pub(super) fn check(&mut self, schema: &Schema, every: Duration) -> bool {
-        if self.checked.elapsed() < every {
+        if !self.due(every) {
             return false;
         }
         self.checked = Instant::now();

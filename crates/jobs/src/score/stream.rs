@@ -163,8 +163,10 @@ impl Stream<'_, '_> {
     /// A new model from the next micro-batch on; a model whose history differs stops the
     /// state file (a restart builds the history it needs).
     fn check_model(&mut self, report: &mut ScoreReport) -> Result<()> {
-        let schema = &self.run.job.schema;
-        if !self.watch.check(schema, self.run.job.settings.model_poll) {
+        let (schema, every) = (&self.run.job.schema, self.run.job.settings.model_poll);
+        // Reading the pointer and loading a model are blocking I/O (a file, or requests to an
+        // object store): off the runtime's worker, and only when a look is due.
+        if !self.watch.due(every) || !tokio::task::block_in_place(|| self.watch.check(schema, every)) {
             return Ok(());
         }
         report.models.push(self.watch.id().to_string());
