@@ -436,3 +436,51 @@ async fn a_table_trained_from_files_gives_the_model_trained_in_memory_bit_for_bi
     assert!(m1.model.coefficients.iter().any(|&c| c != 0.0));
     assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 0, "the spill files are removed");
 }
+
+/// A table whose log has no row counts (statistics are optional in Delta): its rows are
+/// estimated from the files' sizes, on the side of more rows, and a table estimated over
+/// `max_rows_in_memory` trains from files rather than filling memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_row_counts_in_its_log_is_estimated_and_trained_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_history(dir.path(), &generated(30_000, 0.05, true), 0, 10_000).await;
+    let spill = dir.path().join("spill");
+    std::fs::create_dir(&spill).unwrap();
+    let config = || TrainConfig {
+        max_rows_in_memory: 30_000,
+        spill_dir: spill.display().to_string(),
+        force: true,
+        ..TrainConfig::default()
+    };
+    // Counted: 30,000 rows, within the limit.
+    let counted = train::run(job(dir.path(), config()), Shutdown::new()).await.unwrap();
+    assert!(!counted.from_files, "{counted:?}");
+    let log = dir.path().join("clean").join("_delta_log");
+    let mut stripped = 0;
+    for entry in std::fs::read_dir(&log).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".checkpoint.parquet") || name == "_last_checkpoint" {
+            std::fs::remove_file(&path).unwrap();
+        } else if name.ends_with(".json") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let lines: Vec<String> = text
+                .lines()
+                .map(|line| {
+                    let mut action: serde_json::Value = serde_json::from_str(line).unwrap();
+                    if let Some(add) = action.get_mut("add").and_then(|a| a.as_object_mut()) {
+                        stripped += usize::from(add.remove("stats").is_some());
+                    }
+                    action.to_string()
+                })
+                .collect();
+            std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        }
+    }
+    assert!(stripped >= 3, "{stripped} add actions had statistics");
+    // Estimated from the sizes: more than 30,000.
+    let report = train::run(job(dir.path(), config()), Shutdown::new()).await.unwrap();
+    assert!(report.from_files, "{report:?}");
+    assert_eq!(report.rows_read, 30_000, "{report:?}");
+    assert!(report.published.is_some(), "{report:?}");
+}

@@ -139,7 +139,34 @@ pub struct Scan {
     out_schema: deltalake::arrow::datatypes::SchemaRef,
     partition_columns: Vec<String>,
     files: Vec<DataFile>,
-    rows: Option<u64>,
+    rows: u64,
+    rows_estimated: bool,
+}
+
+/// Bytes of Parquet a row is taken to fill when no file of the table says its row count: fewer
+/// than txpipe's own files take (about 25), so that an estimate errs towards more rows.
+const ESTIMATED_BYTES_PER_ROW: u64 = 8;
+
+/// The rows of data files given as (row count in the log, size in bytes): the counts where the
+/// log has them; a file without one estimated from its size, at the bytes a row takes in the
+/// counted files (or [`ESTIMATED_BYTES_PER_ROW`] when none is counted). Also whether any file
+/// was estimated.
+fn count_rows(files: impl Iterator<Item = (Option<u64>, u64)>) -> (u64, bool) {
+    let (mut counted_rows, mut counted_bytes, mut uncounted_bytes, mut estimated) = (0u64, 0u64, 0u64, false);
+    for (rows, size) in files {
+        match rows {
+            Some(n) => {
+                counted_rows += n;
+                counted_bytes += size;
+            }
+            None => {
+                uncounted_bytes += size;
+                estimated = true;
+            }
+        }
+    }
+    let per_row = counted_bytes.checked_div(counted_rows).map_or(ESTIMATED_BYTES_PER_ROW, |b| b.max(1));
+    (counted_rows + uncounted_bytes.div_ceil(per_row), estimated)
 }
 
 impl Scan {
@@ -164,7 +191,9 @@ impl Scan {
         let snapshot = table.snapshot().map_err(read_err)?;
         let table_schema = snapshot.snapshot().arrow_schema();
         let partition_columns: Vec<String> = snapshot.metadata().partition_columns().to_vec();
-        let rows = snapshot.log_data().iter().map(|f| f.num_records().map(|n| n as u64)).sum();
+        let (rows, rows_estimated) = count_rows(
+            snapshot.log_data().iter().map(|f| (f.num_records().map(|n| n as u64), f.size().max(0) as u64)),
+        );
         let fields: Vec<Field> = columns
             .iter()
             .map(|c| match table_schema.field_with_name(c) {
@@ -183,13 +212,19 @@ impl Scan {
             partition_columns,
             files: data_files(&table).map_err(read_err)?,
             rows,
+            rows_estimated,
         })
     }
 
-    /// The rows of the version, as its log counts them (None when a file's statistics do not
-    /// say).
-    pub fn rows(&self) -> Option<u64> {
+    /// The rows of the version, as its log counts them; the files whose statistics do not say
+    /// are estimated from their size (see [`Scan::rows_estimated`]).
+    pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Whether [`Scan::rows`] estimated some files' rows from their size.
+    pub fn rows_estimated(&self) -> bool {
+        self.rows_estimated
     }
 
     /// The batches of each data file, in file order, `parallel` files read at once.
@@ -277,4 +312,22 @@ pub(crate) async fn read_projected(
         out.push(RecordBatch::try_new(out_schema.clone(), columns)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_without_a_row_count_are_estimated_from_their_size() {
+        // Every file counted: the counts.
+        assert_eq!(count_rows([(Some(100), 2_500), (Some(50), 1_250)].into_iter()), (150, false));
+        // One not counted: at the counted files' 25 bytes a row (rounded up).
+        assert_eq!(count_rows([(Some(100), 2_500), (None, 1_001)].into_iter()), (141, true));
+        // None counted: at 8 bytes a row, more rows than such files hold.
+        assert_eq!(count_rows([(None, 800), (None, 1)].into_iter()), (101, true));
+        // Counted files of no rows do not divide by zero.
+        assert_eq!(count_rows([(Some(0), 100), (None, 10)].into_iter()), (2, true));
+        assert_eq!(count_rows(std::iter::empty()), (0, false));
+    }
 }

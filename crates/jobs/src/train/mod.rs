@@ -355,9 +355,10 @@ async fn run_stages(
     stages.begin(format!("reading {}", job.tables.clean))?;
     let scan = open(&job, &spec, label).await?;
     let limit = job.settings.config.max_rows_in_memory;
-    let input = match scan.rows() {
-        Some(rows) if rows > limit => {
-            tracing::info!(rows, max_rows_in_memory = limit, "training from files, not in memory");
+    let (rows, estimated) = (scan.rows(), scan.rows_estimated());
+    let input = match rows {
+        rows if rows > limit => {
+            tracing::info!(rows, estimated, max_rows_in_memory = limit, "training from files, not in memory");
             Input::Spilled(spilled::read(&job, label, scan).await?)
         }
         _ => {
