@@ -264,3 +264,34 @@ fn an_insert_sent_twice_is_kept_once_on_both_layouts() {
     rt.block_on(an_insert_sent_twice_is_kept_once(&replicated()[0], "txpipe", "cldedup1"));
     rt.block_on(an_insert_sent_twice_is_kept_once(&sharded()[0], "txpipe_sharded", "cldedup2"));
 }
+
+/// Serving tables made by a run of one server in a database, then a run on the cluster naming
+/// the same database: refused with what to do, rather than writing to the old tables on that
+/// server alone.
+#[test]
+fn tables_made_without_the_cluster_are_refused_with_what_to_do() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let server = replicated()[0].clone();
+    let database = format!("test_clold_{}", std::process::id());
+    let config = |cluster: &str| ClickHouseConfig {
+        url: server.clone(),
+        database: database.clone(),
+        cluster: cluster.to_string(),
+        ..ClickHouseConfig::default()
+    };
+    let columns = Serving::columns_for(&Schema::default_schema(), Some(&[])).unwrap();
+    rt.block_on(async {
+        Serving::new(&config(""), columns.clone()).ensure().await.unwrap();
+        let err = Serving::new(&config("txpipe"), columns.clone()).ensure().await.unwrap_err();
+        assert!(!err.retryable(), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("{database}.transactions_"))
+                && text.contains("made without a cluster")
+                && text.contains("[clickhouse] database"),
+            "{text}"
+        );
+        Serving::new(&config(""), columns).execute(&format!("DROP DATABASE {database}")).await.unwrap();
+    });
+}

@@ -429,6 +429,7 @@ impl Serving {
             if self.all_there().await? {
                 return Ok(());
             }
+            self.refuse_single_server_tables().await?;
             for sql in &statements {
                 self.run(&self.server, sql).await?;
             }
@@ -447,6 +448,44 @@ impl Serving {
             self.run(&self.client, sql).await?;
         }
         Ok(())
+    }
+
+    /// On a cluster, tables of the prediction names made without one (by a run of one server,
+    /// in the same database) would be kept by `CREATE ... IF NOT EXISTS`, and rows would go
+    /// to them on that server alone: refused, saying what to do.
+    async fn refuse_single_server_tables(&self) -> Result<()> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct Table {
+            name: String,
+            engine: String,
+        }
+        let sql = "SELECT name, engine FROM system.tables WHERE database = ? AND name IN (?, ?)";
+        let found: Vec<Table> = self
+            .server
+            .query(sql)
+            .bind(&self.database)
+            .bind(REALTIME)
+            .bind(BATCH)
+            .fetch_all()
+            .await
+            .map_err(self.request_err("reading the tables' engines"))?;
+        match found.iter().find(|t| t.engine != "Distributed") {
+            Some(t) => Err(ClickHouseError::Layout(format!(
+                "table {}.{} is a {} table made without a cluster; on cluster '{}' the serving tables \
+                 are Distributed tables over replicated {}_local tables. Use another database \
+                 ([clickhouse] database) for the cluster, and copy the rows over \
+                 (INSERT INTO <new>.{} SELECT * FROM {}.{}) if they are wanted",
+                self.database,
+                t.name,
+                t.engine,
+                self.cluster.as_deref().unwrap_or_default(),
+                t.name,
+                t.name,
+                self.database,
+                t.name
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Runs one statement that returns nothing (names qualified with the database), for tools
