@@ -227,7 +227,9 @@ impl Scan {
         self.rows_estimated
     }
 
-    /// The batches of each data file, in file order, `parallel` files read at once.
+    /// The batches of each data file, in file order, `parallel` files read at once — each as a
+    /// task of its own, so that their decoding runs on the runtime's threads side by side (the
+    /// futures of one stream are polled on one thread). Called within a Tokio runtime.
     pub fn files(
         self,
         parallel: usize,
@@ -239,10 +241,15 @@ impl Scan {
             .map(move |file: DataFile| {
                 let (store, out_schema, partition_columns) =
                     (store.clone(), out_schema.clone(), partition_columns.clone());
-                async move { read_projected(store, &file, &out_schema, &partition_columns).await }
+                tokio::spawn(
+                    async move { read_projected(store, &file, &out_schema, &partition_columns).await },
+                )
             })
             .buffered(parallel.max(1))
-            .map(move |read| {
+            .map(move |joined| {
+                let read = joined
+                    .map_err(|e| DeltaTableError::Generic(format!("a task reading a data file ended: {e}")))
+                    .and_then(|read| read);
                 read.map_err(|source| super::DeltaError::Read {
                     location: location.clone(),
                     source: Box::new(source),
