@@ -31,6 +31,8 @@ const POINTER: &str = "CURRENT";
 const VERSIONS: &str = "versions";
 const MODEL_FILE: &str = "model.json";
 const LAST_RUN: &str = "LAST_RUN.json";
+/// Attempts at replacing `CURRENT` on an object store while other publishers keep changing it.
+const SWITCH_ATTEMPTS: usize = 20;
 
 /// What the last training run decided, kept beside the versions (`LAST_RUN.json`), for
 /// `txpipe status`: a refused run publishes nothing, so only this says why.
@@ -175,11 +177,10 @@ impl ModelStore {
             At::Object(o) => {
                 let o = o.clone();
                 let names = answer(block(async move { o.names(VERSIONS).await })).unwrap_or_default();
+                let (prefix, suffix) = (format!("{VERSIONS}/"), format!("/{MODEL_FILE}"));
                 names
                     .iter()
-                    .filter_map(|n| {
-                        n.strip_suffix(&format!("/{MODEL_FILE}"))?.strip_prefix(&format!("{VERSIONS}/"))
-                    })
+                    .filter_map(|n| n.strip_suffix(suffix.as_str())?.strip_prefix(prefix.as_str()))
                     .map(str::to_string)
                     .collect()
             }
@@ -404,20 +405,27 @@ impl ModelStore {
                 sync_dir(dir)?;
                 Ok(true)
             }
-            At::Object(o) => loop {
-                let o = o.clone();
-                let (current, text) = (o.clone(), text.clone());
-                let seen = answer(block(async move { current.get(POINTER).await }))?;
-                let current = seen.as_ref().map(|s| String::from_utf8_lossy(&s.bytes).trim().to_string());
-                if current.is_some_and(|c| number(&c) > number(id)) {
-                    return Ok(false);
+            At::Object(o) => {
+                for _ in 0..SWITCH_ATTEMPTS {
+                    let (reader, writer, text) = (o.clone(), o.clone(), text.clone());
+                    let seen = answer(block(async move { reader.get(POINTER).await }))?;
+                    let current = seen.as_ref().map(|s| String::from_utf8_lossy(&s.bytes).trim().to_string());
+                    if current.is_some_and(|c| number(&c) > number(id)) {
+                        return Ok(false);
+                    }
+                    let seen = seen.map(|s| s.seen);
+                    if answer(block(async move { writer.put_if(POINTER, text, seen.as_ref()).await }))? {
+                        return Ok(true);
+                    }
+                    // Another publisher switched it since it was read: look again.
                 }
-                let seen = seen.map(|s| s.seen);
-                if answer(block(async move { o.put_if(POINTER, text, seen.as_ref()).await }))? {
-                    return Ok(true);
-                }
-                // Another publisher switched it since it was read: look again.
-            },
+                Err(JobError::data(
+                    o.url_of(POINTER),
+                    format!(
+                        "changed by another writer at each of {SWITCH_ATTEMPTS} attempts to switch it to {id}"
+                    ),
+                ))
+            }
         }
     }
 }
